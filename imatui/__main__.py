@@ -1,0 +1,3 @@
+from imatui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Find out what a file is by its bytes, never by its name, and load it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imatui.errors import FormatError, ImatrixError, NotFoundError
+from imatui.formats.gguf import GGUF_MAGIC, read_gguf
+from imatui.formats.legacy import DEFAULT_CHUNK_SIZE, read_legacy
+from imatui.imatrix import Imatrix
+
+
+def _check_path(path: Path) -> int:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError("no such file", path) from None
+    except PermissionError:
+        raise NotFoundError("permission denied", path) from None
+    if os.path.isdir(path):
+        raise NotFoundError("is a directory, not an imatrix file", path)
+    if st.st_size == 0:
+        raise FormatError("the file is empty", path)
+    return st.st_size
+
+
+def detect_format(path: str | Path) -> str:
+    """"gguf" when the file starts with the GGUF magic, otherwise "dat" (llama.cpp's own order)."""
+    path = Path(path)
+    _check_path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return "gguf" if head == GGUF_MAGIC else "dat"
+
+
+def load(path: str | Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, lazy: bool = True) -> Imatrix:
+    """Load any imatrix file. Raises an ImatrixError subclass with a message naming the problem."""
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        if fmt == "gguf":
+            return read_gguf(path, lazy=lazy)
+        return read_legacy(path, chunk_size=chunk_size)
+    except ImatrixError:
+        raise
+    except (OSError, MemoryError) as exc:
+        raise ImatrixError(f"cannot read: {exc}", path) from None
+    except Exception as exc:  # noqa: BLE001 - a parser bug must still reach the user as one line
+        raise FormatError(f"cannot parse: {type(exc).__name__}: {exc}", path) from None
+
+
+def is_imatrix_file(path: str | Path) -> bool:
+    """Cheap check for the file browser: the header parses as an imatrix."""
+    try:
+        load(path)
+    except ImatrixError:
+        return False
+    return True

@@ -1,0 +1,234 @@
+"""llama.cpp's GGUF imatrix format, through gguf-py (GGUFReader / GGUFWriter).
+
+Layout written by llama-imatrix: general.type = "imatrix", imatrix.datasets (string array),
+imatrix.chunk_count and imatrix.chunk_size (u32), no general.architecture; per weight, in sorted
+name order, F32 NAME.in_sum2 (ne [n_in, n_mat], 1-D for a dense tensor), F32 NAME.counts (ne [1, n_mat],
+tokens per matrix stored as float) and, from newer collectors, F32 NAME.in_sum (signed sums).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imatui.errors import CorruptError, FormatError, TruncatedError
+from imatui.imatrix import Entry, Imatrix
+
+GGUF_MAGIC = b"GGUF"
+KEY_DATASETS = "imatrix.datasets"
+KEY_CHUNK_COUNT = "imatrix.chunk_count"
+KEY_CHUNK_SIZE = "imatrix.chunk_size"
+SUFFIXES = (".in_sum2", ".counts", ".in_sum")
+# keys gguf-py reports for every file; not metadata of ours
+_READER_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
+
+
+class _FileSlice:
+    """Reads one tensor's bytes on demand, refusing if the file changed since its header was read.
+
+    Reading per tensor (instead of keeping the whole file memory-mapped) keeps the resident set
+    small on multi-GB files, and the stat check turns a file rewritten under us into an error
+    instead of a silently wrong number.
+    """
+
+    __slots__ = ("path", "offset", "count", "shape", "stamp")
+
+    def __init__(self, path: Path, offset: int, count: int, shape: tuple[int, ...], stamp: tuple[int, int]):
+        self.path, self.offset, self.count, self.shape, self.stamp = path, offset, count, shape, stamp
+
+    def __call__(self) -> np.ndarray:
+        nbytes = self.count * 4
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_size, st.st_mtime_ns) != self.stamp:
+                    raise TruncatedError("the file changed while it was being read (is it being rewritten?)",
+                                         self.path)
+                buf = os.pread(f.fileno(), nbytes, self.offset)
+        except FileNotFoundError:
+            raise TruncatedError("the file disappeared while it was being read", self.path) from None
+        if len(buf) != nbytes:
+            raise TruncatedError("the file ends inside its tensor data", self.path)
+        return np.frombuffer(buf, dtype="<f4").reshape(self.shape)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _field_value(field: Any) -> Any:
+    try:
+        return field.contents()
+    except Exception:  # noqa: BLE001 - gguf-py raises assorted errors on odd fields
+        return None
+
+
+def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
+    """Parse a GGUF imatrix. Raises FormatError (not an imatrix) or TruncatedError/CorruptError."""
+    from gguf import GGUFReader, GGMLQuantizationType
+
+    path = Path(path)
+    stamp = _stamp(path)
+    size = stamp[0]
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as exc:  # noqa: BLE001 - gguf-py raises ValueError, struct errors, IndexError...
+        if size < 24:
+            raise TruncatedError("the GGUF header is incomplete (the file is too short)", path) from None
+        msg = str(exc) or type(exc).__name__
+        if "offset" in msg or "beyond" in msg or "out of" in msg or "too" in msg or isinstance(
+            exc, (IndexError, OverflowError)
+        ):
+            raise TruncatedError(f"the GGUF file is truncated or damaged ({msg})", path) from None
+        raise FormatError(f"cannot parse GGUF ({msg})", path) from None
+
+    fields = reader.fields
+    gtype = _field_value(fields["general.type"]) if "general.type" in fields else None
+    tensor_names = [t.name for t in reader.tensors]
+    has_sums2 = any(n.endswith(".in_sum2") for n in tensor_names)
+    if not has_sums2:
+        if "general.architecture" in fields:
+            arch = _field_value(fields["general.architecture"])
+            raise FormatError(f"this is a GGUF model ({arch}), not an imatrix", path)
+        if gtype and gtype != "imatrix":
+            raise FormatError(f"this GGUF is a {gtype!r}, not an imatrix", path)
+        raise FormatError("this GGUF holds no .in_sum2 tensors: not an imatrix", path)
+
+    datasets = _field_value(fields[KEY_DATASETS]) if KEY_DATASETS in fields else []
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    chunk_count = _field_value(fields[KEY_CHUNK_COUNT]) if KEY_CHUNK_COUNT in fields else None
+    chunk_size = _field_value(fields[KEY_CHUNK_SIZE]) if KEY_CHUNK_SIZE in fields else None
+    metadata: dict[str, Any] = {}
+    for key, field in fields.items():
+        if key in _READER_KEYS or key in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE, "general.type"):
+            continue
+        metadata[key] = _field_value(field)
+    missing = [k for k, v in ((KEY_DATASETS, datasets), (KEY_CHUNK_COUNT, chunk_count),
+                              (KEY_CHUNK_SIZE, chunk_size)) if v is None]
+    if missing:
+        metadata["imatui.missing_keys"] = missing  # llama-quantize would reject this file
+
+    parts: dict[str, dict[str, Any]] = {}
+    for t in reader.tensors:
+        for suffix in SUFFIXES:
+            if t.name.endswith(suffix):
+                base = t.name[: -len(suffix)]
+                break
+        else:
+            continue  # mainline ignores unknown suffixes (.stats from PR #14891), so do we
+        if t.tensor_type != GGMLQuantizationType.F32:
+            raise CorruptError(f"tensor {t.name} is {t.tensor_type.name}, expected F32", path)
+        n = int(t.n_elements)
+        if t.data_offset + 4 * n > size:
+            raise TruncatedError(f"the file ends inside tensor {t.name}", path)
+        ne = [int(x) for x in t.shape]  # ggml order: ne[0] = n_in
+        parts.setdefault(base, {})[suffix] = (t, n, ne)
+
+    entries: dict[str, Entry] = {}
+    for name in sorted(parts):
+        p = parts[name]
+        if ".in_sum2" not in p or ".counts" not in p:
+            missing_part = "counts" if ".counts" not in p else "in_sum2"
+            raise CorruptError(f"tensor {name} has no {missing_part}", path)
+        t2, n2, ne2 = p[".in_sum2"]
+        tc, nc, _ = p[".counts"]
+        if nc < 1 or n2 % nc != 0:
+            raise CorruptError(f"tensor {name}: in_sum2 has {n2} values, not a multiple of its {nc} counts",
+                               path)
+        n_mat = nc
+        n_in = n2 // nc
+        if len(ne2) >= 2 and int(np.prod(ne2[1:])) != n_mat:
+            raise CorruptError(f"tensor {name}: in_sum2 has {int(np.prod(ne2[1:]))} rows but {nc} counts",
+                               path)
+        counts = np.array(tc.data, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise CorruptError(f"tensor {name}: counts are negative or not finite ({counts[:4]}...)", path)
+        counts = np.rint(counts)  # llama.cpp lround()s the stored floats
+        shape = (n_mat, n_in)
+        sums2: Any = _FileSlice(path, int(t2.data_offset), n2, shape, stamp)
+        sums: Any = None
+        if ".in_sum" in p:
+            ts, ns, _ = p[".in_sum"]
+            if ns != n2:
+                raise CorruptError(f"tensor {name}: in_sum has {ns} values but in_sum2 has {n2}", path)
+            sums = _FileSlice(path, int(ts.data_offset), ns, shape, stamp)
+        if not lazy:
+            sums2 = np.array(sums2(), dtype=np.float32)
+            sums = None if sums is None else np.array(sums(), dtype=np.float32)
+        entries[name] = Entry(name=name, shape=shape, counts=counts, _sums2=sums2, _sums=sums)
+
+    del reader  # drop the memory map: data is read per tensor from here on
+    return Imatrix(
+        entries=entries,
+        datasets=[str(d) for d in (datasets or [])],
+        chunk_count=int(chunk_count or 0),
+        chunk_size=int(chunk_size or 0),
+        path=path,
+        format="gguf",
+        metadata=metadata,
+    )
+
+
+def _add_metadata(writer: Any, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_int64(key, value) if abs(value) >= 2**31 else writer.add_int32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)) and value:
+        writer.add_array(key, list(value))
+
+
+def write_gguf(imatrix: Imatrix, path: str | Path) -> None:
+    """Write `imatrix` as llama-imatrix does (same keys, names, shapes, dtypes, order), streaming.
+
+    Writes to `path` directly; callers wanting atomicity write to a temporary name and rename
+    (imatui.formats.write.save does).
+    """
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch="")
+    # llama-imatrix writes no general.architecture; GGUFWriter adds one in its constructor
+    writer.kv_data[0].pop("general.architecture", None)
+    writer.add_type("imatrix")
+    writer.add_array(KEY_DATASETS, [str(d) for d in imatrix.datasets])
+    writer.add_uint32(KEY_CHUNK_COUNT, int(imatrix.chunk_count))
+    writer.add_uint32(KEY_CHUNK_SIZE, int(imatrix.chunk_size))
+    for key, value in imatrix.metadata.items():
+        if key.startswith("imatui.") and key != "imatui.missing_keys":
+            _add_metadata(writer, key, value)
+
+    order: list[tuple[str, str]] = []
+    for name in sorted(imatrix.entries):
+        e = imatrix.entries[name]
+        # dense tensors are 1-D in llama's files (ggml drops trailing dims of 1)
+        shape2 = (e.n_in,) if e.n_mat == 1 else (e.n_mat, e.n_in)
+        shapec = (1,) if e.n_mat == 1 else (e.n_mat, 1)
+        writer.add_tensor_info(f"{name}.in_sum2", shape2, np.dtype(np.float32), 4 * e.size)
+        writer.add_tensor_info(f"{name}.counts", shapec, np.dtype(np.float32), 4 * e.n_mat)
+        order += [(name, "in_sum2"), (name, "counts")]
+        if e.has_sums:
+            writer.add_tensor_info(f"{name}.in_sum", shape2, np.dtype(np.float32), 4 * e.size)
+            order.append((name, "in_sum"))
+
+    writer.write_header_to_file(path=Path(path))
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, part in order:
+        e = imatrix.entries[name]
+        if part == "in_sum2":
+            arr = e.sums2
+        elif part == "counts":
+            arr = e.counts
+        else:
+            arr = e.sums
+        writer.write_tensor_data(np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
+    writer.close()

@@ -1,0 +1,388 @@
+"""Per-tensor and per-layer statistics, numerically as llama-imatrix --show-statistics computes them.
+
+llama.cpp accumulates in float32, element by element (std::accumulate with 0.0f); we do the same
+with float32 cumulative sums so that every printed digit agrees, and compute our own extras
+(skewness, kurtosis, activation statistics) in float64.
+
+One pass reads each tensor once: tensors are visited kind by kind in block order, so the previous
+block's tensor (for CosSim and the activation distances) is still in hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from imatui.errors import CorruptError
+from imatui.imatrix import Imatrix, previous_layer_name, split_name
+
+ACTIVE_THRESHOLD = np.float32(1e-5)
+TOP_CHANNELS = 8
+# ECS = K * exp(-alpha * L2) * |cos|^gamma (llama.cpp imatrix README, "preferred" mode)
+ECS_K, ECS_ALPHA, ECS_GAMMA = 100.0, 0.01, 10.0
+
+_F32 = np.float32
+_BLK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
+
+
+def _seqsum(x: np.ndarray) -> np.float32:
+    """float32 sum in element order, as std::accumulate(begin, end, 0.0f)."""
+    if x.size == 0:
+        return _F32(0.0)
+    return np.cumsum(x, dtype=np.float32)[-1]
+
+
+@dataclass
+class TensorStats:
+    name: str
+    layer: int | None
+    kind: str
+    n_mat: int
+    n_in: int
+    # llama-imatrix --show-statistics, over the per-channel means sums2 / counts
+    sum: float
+    min: float
+    max: float
+    mean: float
+    std: float
+    active: float  # fraction of values > 1e-5
+    n: int
+    entropy: float  # bits
+    entropy_norm: float  # entropy / log2(n), fraction
+    zd: float  # fraction with z-score > 1
+    cossim: float | None  # cosine of raw sums2 with blk N-1's; 0 in block 0 (as llama); None when undefined
+    # beyond llama.cpp
+    skewness: float | None
+    kurtosis: float | None  # excess kurtosis
+    dead: int  # channels whose mean squared input is exactly 0
+    tokens: int  # largest per-matrix count
+    skipped_matrices: int  # matrices with count 0, left out as llama.cpp does
+    top_channels: list[int] = field(default_factory=list)  # flat indices (expert * n_in + channel)
+    top_values: list[float] = field(default_factory=list)
+    expert_counts: list[int] | None = None  # MoE: tokens per expert
+    experts_unused: int | None = None  # MoE: experts never hit
+    # activation statistics, when the file has in_sum (llama.cpp README's preferred mode)
+    act_mean: float | None = None
+    act_entropy: float | None = None
+    act_entropy_norm: float | None = None
+    act_zd: float | None = None
+    act_l2: float | None = None
+    act_cossim: float | None = None
+    act_ecs: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LayerStats:
+    layer: int
+    sum: float  # element-weighted mean of Σ(Act²) over the layer's tensors (llama's μΣ(Act²))
+    zd: float  # element-weighted mean ZD, fraction
+    cossim: float | None  # element-weighted mean CosSim
+    n_tensors: int
+    elements: int
+    act_l2: float | None = None
+    act_cossim: float | None = None
+    act_ecs: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SkippedTensor:
+    name: str
+    reason: str
+
+
+@dataclass
+class StatsReport:
+    file: str
+    format: str
+    chunk_count: int
+    chunk_size: int
+    datasets: list[str]
+    tensors: list[TensorStats]  # llama's order: kind ascending, then Σ descending
+    layers: list[LayerStats]
+    skipped: list[SkippedTensor] = field(default_factory=list)
+    skipped_matrices: int = 0
+    has_activations: bool = False
+
+    def tensor(self, name: str) -> TensorStats | None:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "format": self.format,
+            "chunk_count": self.chunk_count,
+            "chunk_size": self.chunk_size,
+            "datasets": list(self.datasets),
+            "tensors": [t.to_dict() for t in self.tensors],
+            "layers": [lay.to_dict() for lay in self.layers],
+            "skipped": [asdict(s) for s in self.skipped],
+            "skipped_matrices": self.skipped_matrices,
+            "has_activations": self.has_activations,
+        }
+
+
+def _template(name: str) -> tuple[str, int]:
+    m = _BLK.search(name)
+    if not m:
+        return name, -1
+    return name[: m.start(1)] + "{}" + name[m.end(1) :], int(m.group(1))
+
+
+def _cos_f32(a: np.ndarray, b: np.ndarray) -> float | None:
+    """llama.cpp's compute_cossim: float32 inner products in order, no guard (we return None instead)."""
+    dp = _seqsum(a * b)
+    ma = np.sqrt(_seqsum(a * a), dtype=_F32)
+    mb = np.sqrt(_seqsum(b * b), dtype=_F32)
+    denom = _F32(ma * mb)
+    if not np.isfinite(dp) or denom == 0 or not np.isfinite(denom):
+        return None
+    return float(_F32(dp / denom))
+
+
+def _entropy_bits(w: np.ndarray) -> float:
+    total = float(w.sum(dtype=np.float64))
+    if total <= 0:
+        return 0.0
+    p = w[w > 0].astype(np.float64) / total
+    return float(-(p * np.log2(p)).sum())
+
+
+@dataclass
+class _Prev:
+    raw: np.ndarray  # raw sums2, flat float32
+    act: np.ndarray | None  # mean activations (zero rows kept), float64
+
+
+def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.ndarray | None,
+                  prev: _Prev | None, path: str | None) -> tuple[TensorStats | None, str | None, _Prev]:
+    n_mat, n_in = sums2.shape
+    raw = np.ascontiguousarray(sums2, dtype=_F32).reshape(-1)
+    layer, kind = split_name(name)
+    live = counts > 0
+    n_live = int(live.sum())
+
+    act_full = None
+    if sums is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            act_full = np.where(live[:, None], sums.astype(np.float64) / np.where(live, counts, 1)[:, None], 0.0)
+        act_full = act_full.reshape(-1)
+    state = _Prev(raw=raw, act=act_full)
+
+    if n_live == 0:
+        return None, "every matrix has a zero count (no tokens reached it)", state
+
+    if n_live == n_mat:
+        rows = sums2
+        cnt = counts.astype(_F32)
+    else:
+        rows = sums2[live]
+        cnt = counts[live].astype(_F32)
+    vals = (np.asarray(rows, dtype=_F32) / cnt[:, None]).astype(_F32, copy=False).reshape(-1)
+    if not np.all(np.isfinite(vals)):
+        bad = int(np.count_nonzero(~np.isfinite(vals)))
+        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
+    vmin = _F32(vals.min())
+    if vmin < 0:
+        raise CorruptError(f"tensor {name} has negative sums of squares (min {float(vmin):g})", path)
+    n = vals.size
+    nf = _F32(n)
+    total = _seqsum(vals)
+    vmax = _F32(vals.max())
+    mean = _F32(total / nf)
+    sq = vals * vals
+    sqr_total = _seqsum(sq)
+    var = _F32(_F32(sqr_total / nf) - _F32(mean * mean))
+    dev = _F32(np.sqrt(max(_F32(0.0), var)))
+    inactive = int(np.count_nonzero(np.abs(vals) <= ACTIVE_THRESHOLD))
+    active = float(_F32(1) - _F32(inactive) / nf)
+    entropy = _F32(0.0)
+    if total > 0:
+        p = (vals / total).astype(_F32, copy=False)
+        p = p[p > 0]
+        entropy = _F32(-_seqsum((p * np.log2(p)).astype(_F32, copy=False)))
+    z_count = 0
+    if dev > 0:
+        z = (vals - mean) / dev
+        z_count = int(np.count_nonzero(z > _F32(1)))
+    zd = float(_F32(_F32(z_count) / nf))
+    # llama.cpp divides in float32 (its printed E(norm) depends on it)
+    entropy_norm = float(_F32(entropy / _F32(math.log2(n)))) if n > 1 else 0.0
+
+    cossim: float | None
+    if layer is None:
+        cossim = 0.0
+    elif prev is None:
+        cossim = 0.0  # llama.cpp leaves 0 when blk N-1 has no such tensor (always so for blk 0)
+    elif prev.raw.size != raw.size:
+        cossim = None  # llama.cpp reads past the shorter vector here; we print nothing
+    else:
+        cossim = _cos_f32(raw, prev.raw)
+
+    # extras, in float64
+    v64 = vals.astype(np.float64)
+    m64 = v64.mean()
+    d = v64 - m64
+    m2 = float((d * d).mean())
+    if m2 > 0:
+        skew = float((d**3).mean() / m2**1.5)
+        kurt = float((d**4).mean() / (m2 * m2) - 3.0)
+    else:
+        skew = kurt = None
+    k = min(TOP_CHANNELS, n)
+    top_local = np.argpartition(vals, n - k)[n - k :]
+    top_local = top_local[np.argsort(vals[top_local])[::-1]]
+    if n_live == n_mat:
+        top_flat = top_local
+    else:
+        live_rows = np.flatnonzero(live)
+        top_flat = live_rows[top_local // n_in] * n_in + top_local % n_in
+    dead = int(np.count_nonzero(vals == 0))
+
+    ts = TensorStats(
+        name=name, layer=layer, kind=kind, n_mat=n_mat, n_in=n_in,
+        sum=float(total), min=float(vmin), max=float(vmax), mean=float(mean), std=float(dev),
+        active=active, n=n, entropy=float(entropy), entropy_norm=entropy_norm, zd=zd, cossim=cossim,
+        skewness=skew, kurtosis=kurt, dead=dead, tokens=int(counts.max()),
+        skipped_matrices=n_mat - n_live,
+        top_channels=[int(i) for i in top_flat], top_values=[float(vals[i]) for i in top_local],
+    )
+    if n_mat > 1:
+        ts.expert_counts = [int(c) for c in counts]
+        ts.experts_unused = int(n_mat - n_live)
+
+    if act_full is not None:
+        a = act_full.reshape(n_mat, n_in)[live].reshape(-1)
+        if not np.all(np.isfinite(a)):
+            raise CorruptError(f"tensor {name} has non-finite activation sums (NaN or Inf)", path)
+        ts.act_mean = float(a.mean())
+        ts.act_entropy = _entropy_bits(a * a)
+        ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
+        sd = float(a.std())
+        ts.act_zd = float(np.count_nonzero(np.abs((a - a.mean()) / sd) > 1) / a.size) if sd > 0 else 0.0
+        if prev is not None and prev.act is not None and prev.act.size == act_full.size:
+            diff = act_full - prev.act
+            ts.act_l2 = float(np.sqrt(diff @ diff))
+            n1, n2 = float(act_full @ act_full), float(prev.act @ prev.act)
+            if n1 > 0 and n2 > 0:
+                ts.act_cossim = float(np.clip((act_full @ prev.act) / math.sqrt(n1 * n2), -1.0, 1.0))
+            elif n1 == 0 and n2 == 0:
+                ts.act_cossim = 1.0
+            if ts.act_cossim is not None:
+                ts.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ts.act_l2) * abs(ts.act_cossim) ** ECS_GAMMA
+    return ts, None, state
+
+
+def compute_stats(
+    imatrix: Imatrix,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> StatsReport:
+    """Every per-tensor and per-layer statistic of `imatrix`, reading each tensor once.
+
+    `progress(done, total)` is called after each tensor; `cancelled()` is polled between tensors and
+    a True stops the pass early (returning None is not an option: it raises InterruptedError).
+    """
+    path = None if imatrix.path is None else str(imatrix.path)
+    names = list(imatrix.entries)
+    order = sorted(names, key=lambda nm: _template(nm))
+    results: dict[str, TensorStats] = {}
+    skipped: list[SkippedTensor] = []
+    # pairs for the layer-level activation distances (llama's compute_layer_statistics)
+    act_pairs: dict[int, list[float]] = {}
+    prev_template, prev_layer, prev_state = None, None, None
+    for i, name in enumerate(order):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("statistics cancelled")
+        e = imatrix.entries[name]
+        template, blk = _template(name)
+        prev = None
+        if template == prev_template and prev_layer is not None and blk == prev_layer + 1:
+            prev = prev_state
+        ts, reason, state = _tensor_stats(name, e.sums2, e.counts, e.sums, prev, path)
+        if ts is None:
+            skipped.append(SkippedTensor(name, reason or "skipped"))
+        else:
+            results[name] = ts
+            if prev is not None and prev.act is not None and state.act is not None \
+                    and prev.act.size == state.act.size and blk > 0:
+                acc = act_pairs.setdefault(blk, [0.0, 0.0, 0.0, 0.0])
+                acc[0] += float(state.act @ prev.act)
+                acc[1] += float(state.act @ state.act)
+                acc[2] += float(prev.act @ prev.act)
+                d = state.act - prev.act
+                acc[3] += float(d @ d)
+        prev_template, prev_layer, prev_state = template, blk, state
+        if progress is not None:
+            progress(i + 1, len(order))
+
+    # llama's order: kind ascending, then Σ descending (its comparator also ties on name order)
+    tensors = sorted(results.values(), key=lambda t: (t.kind, -np.float32(t.sum), t.name))
+    layers = _layer_stats(tensors, act_pairs)
+    return StatsReport(
+        file=path or "",
+        format=imatrix.format,
+        chunk_count=imatrix.chunk_count,
+        chunk_size=imatrix.chunk_size,
+        datasets=list(imatrix.datasets),
+        tensors=tensors,
+        layers=layers,
+        skipped=skipped,
+        skipped_matrices=sum(t.skipped_matrices for t in tensors),
+        has_activations=imatrix.has_sums,
+    )
+
+
+def _layer_stats(tensors: list[TensorStats], act_pairs: dict[int, list[float]]) -> list[LayerStats]:
+    """Element-weighted averages per block, accumulated in float32 in the table's order as llama does."""
+    acc: dict[int, list[Any]] = {}
+    for t in tensors:
+        if t.layer is None:
+            continue
+        a = acc.setdefault(t.layer, [_F32(0), _F32(0), _F32(0), 0, 0, False])
+        a[0] = _F32(a[0] + _F32(t.n * _F32(t.sum)))
+        a[1] = _F32(a[1] + _F32(t.n * _F32(t.zd)))
+        if t.cossim is None:
+            a[5] = True
+        else:
+            a[2] = _F32(a[2] + _F32(t.n * _F32(t.cossim)))
+        a[3] += t.n
+        a[4] += 1
+    out = []
+    for layer in sorted(acc):
+        wsum, wzd, wcos, elements, n_tensors, undefined = acc[layer]
+        if elements == 0:
+            continue
+        ls = LayerStats(
+            layer=layer,
+            sum=float(_F32(wsum / _F32(elements))),
+            zd=float(_F32(wzd / _F32(elements))),
+            cossim=None if undefined else float(_F32(wcos / _F32(elements))),
+            n_tensors=n_tensors,
+            elements=elements,
+        )
+        pair = act_pairs.get(layer)
+        if pair is not None:
+            dot, n1, n2, l2sq = pair
+            ls.act_l2 = math.sqrt(l2sq)
+            if n1 > 0 and n2 > 0:
+                ls.act_cossim = max(-1.0, min(1.0, dot / math.sqrt(n1 * n2)))
+            elif n1 == 0 and n2 == 0:
+                ls.act_cossim = 1.0
+            if ls.act_cossim is not None:
+                ls.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ls.act_l2) * abs(ls.act_cossim) ** ECS_GAMMA
+        out.append(ls)
+    return out
