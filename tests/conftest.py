@@ -1,0 +1,22 @@
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# the files llama-imatrix --show-statistics was run on, with its printed output beside them
+REFERENCE_FILES = [
+    "smollm2-prose.imatrix.gguf",
+    "smollm2-code.imatrix.gguf",
+    "smollm2-merged.imatrix.gguf",
+    "smollm2-prose.imatrix.dat",
+]
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def prose() -> Path:
+    return FIXTURES / "smollm2-prose.imatrix.gguf"
