@@ -1,0 +1,327 @@
+"""Compare two imatrix files tensor by tensor: pure numpy, plain data out.
+
+For each tensor the compared quantity is the per-channel mean importance, sums2 / counts, flattened
+over the matrices (experts) of a MoE tensor. An expert with a zero count in either file carries no
+information about that expert, so it is left out of *both* vectors (the cosine and the divergence are
+computed over the experts live in A and in B); Σ and the ranks are each file's own llama-imatrix Σ
+(the sum of the means over that file's live matrices), so they agree with `imatui stats`.
+
+Tensors are read one at a time from both files (lazy entries), so two 1 GB files are never in RAM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from imatui.errors import CorruptError
+from imatui.imatrix import Entry, Imatrix, split_name
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    layer: int | None
+    kind: str
+    shape_a: tuple[int, int] | None  # (n_mat, n_in); None when the tensor is not in A
+    shape_b: tuple[int, int] | None
+    sum_a: float | None  # llama-imatrix's Σ(Act²) in A (None: missing or no live matrix)
+    sum_b: float | None
+    sum_ratio: float | None  # sum_b / sum_a
+    cossim: float | None  # cosine of the mean-importance vectors (1: same shape of importance)
+    js: float | None  # Jensen–Shannon divergence of the normalized vectors, bits (0 same, 1 disjoint)
+    rank_a: int | None  # 1 = largest Σ among A's tensors
+    rank_b: int | None
+    rank_shift: int | None  # rank_b - rank_a (negative: more important in B)
+    top_channel: int | None  # flat index (expert * n_in + channel) whose share of Σ moved most
+    top_value_a: float | None  # that channel's mean importance in A
+    top_value_b: float | None
+    top_share_delta: float | None  # its share of the tensor's Σ in B minus in A
+    comparable: bool
+    reason: str | None  # why not comparable (missing, shape mismatch, zero counts)
+    experts_compared: int | None = None  # matrices live in both (== n_mat for dense tensors)
+    experts_skipped: int | None = None  # matrices left out because their count is 0 in A or B
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape_a"] = None if self.shape_a is None else list(self.shape_a)
+        d["shape_b"] = None if self.shape_b is None else list(self.shape_b)
+        return d
+
+
+@dataclass
+class LayerDiff:
+    layer: int
+    cossim: float | None  # element-weighted mean cosine of the layer's comparable tensors
+    js: float | None  # element-weighted mean divergence
+    n_tensors: int  # comparable tensors in this layer
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HeaderDiff:
+    field: str  # "chunk_size", "chunk_count", "datasets", "format", "tensors"
+    a: Any
+    b: Any
+
+    @property
+    def differs(self) -> bool:
+        return self.a != self.b
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "a": self.a, "b": self.b, "differs": self.differs}
+
+
+@dataclass
+class DiffReport:
+    a: str  # path (or "A" for an in-memory Imatrix)
+    b: str
+    header: list[HeaderDiff]
+    tensors: list[TensorDiff]  # sorted by name
+    only_a: list[str]  # tensor names present only in A
+    only_b: list[str]
+    layers: list[LayerDiff]  # per-layer similarity over all kinds
+    by_kind: dict[str, list[float | None]] = field(default_factory=dict)  # kind -> cosine per layer 0..n-1
+
+    def tensor(self, name: str) -> TensorDiff | None:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        return None
+
+    @property
+    def comparable(self) -> list[TensorDiff]:
+        return [t for t in self.tensors if t.comparable]
+
+    @property
+    def header_differences(self) -> list[HeaderDiff]:
+        return [h for h in self.header if h.differs]
+
+    def most_different(self) -> list[TensorDiff]:
+        """Comparable tensors, most different first: lowest cosine, then largest divergence, then name."""
+        return sorted(self.comparable, key=lambda t: (t.cossim, -(t.js or 0.0), t.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "header": {h.field: {"a": h.a, "b": h.b, "differs": h.differs} for h in self.header},
+            "only_a": list(self.only_a),
+            "only_b": list(self.only_b),
+            "tensors": [t.to_dict() for t in self.tensors],
+            "layers": [lay.to_dict() for lay in self.layers],
+            "by_kind": {k: list(v) for k, v in self.by_kind.items()},
+        }
+
+
+@dataclass
+class ChannelPair:
+    """Per-channel mean importance of one tensor in A and in B, over the matrices live in both."""
+
+    name: str
+    a: np.ndarray | None  # float64, flat (experts * n_in); None when missing or not comparable
+    b: np.ndarray | None
+    n_in: int
+    experts: list[int]  # the matrix (expert) index of each block of n_in values
+
+
+def mean_importance(entry: Entry, live: np.ndarray | None = None) -> np.ndarray:
+    """sums2 / counts for the given live matrices, flat, float64."""
+    counts = np.asarray(entry.counts, dtype=np.float64)
+    if live is None:
+        live = counts > 0
+    sums2 = np.asarray(entry.sums2)
+    rows = sums2[live] if not np.all(live) else sums2
+    return (rows.astype(np.float64) / counts[live][:, None]).reshape(-1)
+
+
+def _llama_sum(entry: Entry, sums2: np.ndarray) -> float | None:
+    """Σ(Act²) as llama-imatrix computes it: sum of sums2/counts over the live matrices (float32)."""
+    counts = np.asarray(entry.counts, dtype=np.float64)
+    live = counts > 0
+    if not live.any():
+        return None
+    vals = (np.asarray(sums2[live], dtype=np.float32) / counts[live].astype(np.float32)[:, None])
+    return float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> float | None:
+    nx = math.sqrt(float(np.dot(x, x)))
+    ny = math.sqrt(float(np.dot(y, y)))
+    if nx == 0.0 or ny == 0.0:
+        return None
+    return max(-1.0, min(1.0, float(np.dot(x, y)) / (nx * ny)))
+
+
+def _js_bits(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence of two probability vectors, base 2 (0..1)."""
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kp = np.where(p > 0, p * np.log2(p / m), 0.0)
+        kq = np.where(q > 0, q * np.log2(q / m), 0.0)
+    js = 0.5 * float(kp.sum()) + 0.5 * float(kq.sum())
+    return min(1.0, max(0.0, js))
+
+
+def _check(name: str, values: np.ndarray, path: str | None) -> None:
+    if not np.all(np.isfinite(values)):
+        raise CorruptError(f"tensor {name} has non-finite values (NaN or Inf)", path)
+    if values.size and values.min() < 0:
+        raise CorruptError(f"tensor {name} has negative sums of squares", path)
+
+
+def _row(name: str, ea: Entry | None, eb: Entry | None, pa: str | None, pb: str | None) -> TensorDiff:
+    layer, kind = split_name(name)
+    row = TensorDiff(name=name, layer=layer, kind=kind,
+                     shape_a=None if ea is None else tuple(ea.shape),
+                     shape_b=None if eb is None else tuple(eb.shape),
+                     sum_a=None, sum_b=None, sum_ratio=None, cossim=None, js=None,
+                     rank_a=None, rank_b=None, rank_shift=None, top_channel=None, top_value_a=None,
+                     top_value_b=None, top_share_delta=None, comparable=False, reason=None)
+    sa = None if ea is None else np.asarray(ea.sums2)
+    sb = None if eb is None else np.asarray(eb.sums2)
+    if ea is not None:
+        row.sum_a = _llama_sum(ea, sa)
+    if eb is not None:
+        row.sum_b = _llama_sum(eb, sb)
+    if row.sum_a is not None and row.sum_b is not None and row.sum_a != 0:
+        row.sum_ratio = row.sum_b / row.sum_a
+    if ea is None:
+        row.reason = "missing in A"
+        return row
+    if eb is None:
+        row.reason = "missing in B"
+        return row
+    if ea.shape != eb.shape:
+        row.reason = f"shape mismatch: {ea.n_mat}x{ea.n_in} in A, {eb.n_mat}x{eb.n_in} in B"
+        return row
+    ca = np.asarray(ea.counts, dtype=np.float64)
+    cb = np.asarray(eb.counts, dtype=np.float64)
+    if not (ca > 0).any():
+        row.reason = "zero counts in A (no tokens reached it)"
+        return row
+    if not (cb > 0).any():
+        row.reason = "zero counts in B (no tokens reached it)"
+        return row
+    live = (ca > 0) & (cb > 0)
+    if not live.any():
+        row.reason = "no matrix (expert) has tokens in both A and B"
+        return row
+    va = (sa[live].astype(np.float64) / ca[live][:, None]).reshape(-1)
+    vb = (sb[live].astype(np.float64) / cb[live][:, None]).reshape(-1)
+    _check(name, va, pa)
+    _check(name, vb, pb)
+    row.experts_compared = int(live.sum())
+    row.experts_skipped = int(ea.n_mat - live.sum())
+    ta, tb = float(va.sum()), float(vb.sum())
+    if ta == 0.0 or tb == 0.0:
+        row.reason = f"all channels are zero in {'A' if ta == 0.0 else 'B'}"
+        return row
+    row.cossim = _cosine(va, vb)
+    pa_, pb_ = va / ta, vb / tb
+    row.js = _js_bits(pa_, pb_)
+    delta = pb_ - pa_
+    i = int(np.argmax(np.abs(delta)))
+    experts = np.flatnonzero(live)
+    row.top_channel = int(experts[i // ea.n_in]) * ea.n_in + i % ea.n_in
+    row.top_value_a = float(va[i])
+    row.top_value_b = float(vb[i])
+    row.top_share_delta = float(delta[i])
+    row.comparable = True
+    return row
+
+
+def channel_pair(a: Imatrix, b: Imatrix, name: str) -> ChannelPair:
+    """The two per-channel vectors compared for one tensor (for plots): experts live in both files."""
+    ea, eb = a.entries.get(name), b.entries.get(name)
+    n_in = (ea or eb).n_in if (ea or eb) is not None else 0
+    if ea is None or eb is None or ea.shape != eb.shape:
+        va = None if ea is None else mean_importance(ea)
+        vb = None if eb is None else mean_importance(eb)
+        return ChannelPair(name, va, vb, n_in, [])
+    live = (np.asarray(ea.counts) > 0) & (np.asarray(eb.counts) > 0)
+    if not live.any():
+        return ChannelPair(name, None, None, n_in, [])
+    return ChannelPair(name, mean_importance(ea, live), mean_importance(eb, live), n_in,
+                       [int(i) for i in np.flatnonzero(live)])
+
+
+def _ranks(sums: dict[str, float | None]) -> dict[str, int]:
+    order = sorted((s is None, -(s or 0.0), n) for n, s in sums.items() if s is not None)
+    return {n: i + 1 for i, (_, _, n) in enumerate(order)}
+
+
+def _header(a: Imatrix, b: Imatrix) -> list[HeaderDiff]:
+    return [
+        HeaderDiff("chunk_size", int(a.chunk_size), int(b.chunk_size)),
+        HeaderDiff("chunk_count", int(a.chunk_count), int(b.chunk_count)),
+        HeaderDiff("datasets", list(a.datasets), list(b.datasets)),
+        HeaderDiff("format", a.format, b.format),
+        HeaderDiff("tensors", len(a), len(b)),
+    ]
+
+
+def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> DiffReport:
+    """Every tensor of A and B compared; one tensor of each file in memory at a time.
+
+    progress(done, total) is called after each tensor; cancelled() is polled between tensors and
+    raises InterruptedError when it returns True (the TUI's worker cancels this way).
+    """
+    pa = None if a.path is None else str(a.path)
+    pb = None if b.path is None else str(b.path)
+    names = sorted(set(a.entries) | set(b.entries))
+    rows: list[TensorDiff] = []
+    for i, name in enumerate(names):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("diff cancelled")
+        rows.append(_row(name, a.entries.get(name), b.entries.get(name), pa, pb))
+        if progress is not None:
+            progress(i + 1, len(names))
+
+    rank_a = _ranks({r.name: r.sum_a for r in rows})
+    rank_b = _ranks({r.name: r.sum_b for r in rows})
+    for r in rows:
+        r.rank_a = rank_a.get(r.name)
+        r.rank_b = rank_b.get(r.name)
+        if r.rank_a is not None and r.rank_b is not None:
+            r.rank_shift = r.rank_b - r.rank_a
+
+    layers, by_kind = _layer_similarity(rows, a, b)
+    return DiffReport(
+        a=pa or "A", b=pb or "B", header=_header(a, b), tensors=rows,
+        only_a=[n for n in names if n not in b.entries],
+        only_b=[n for n in names if n not in a.entries],
+        layers=layers, by_kind=by_kind,
+    )
+
+
+def _layer_similarity(rows: list[TensorDiff], a: Imatrix, b: Imatrix
+                      ) -> tuple[list[LayerDiff], dict[str, list[float | None]]]:
+    blocks = [r.layer for r in rows if r.layer is not None]
+    n_layers = max(blocks) + 1 if blocks else 0
+    kinds = sorted({r.kind for r in rows if r.layer is not None})
+    by_kind: dict[str, list[float | None]] = {k: [None] * n_layers for k in kinds}
+    acc: dict[int, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        if r.layer is None:
+            continue
+        by_kind[r.kind][r.layer] = r.cossim if r.comparable else None
+        if r.comparable and r.cossim is not None:
+            size = a.entries[r.name].size
+            acc.setdefault(r.layer, []).append((size, r.cossim, r.js or 0.0))
+    layers = []
+    for layer in range(n_layers):
+        items = acc.get(layer, [])
+        if not items:
+            layers.append(LayerDiff(layer, None, None, 0))
+            continue
+        w = sum(s for s, _, _ in items)
+        layers.append(LayerDiff(layer, sum(s * c for s, c, _ in items) / w,
+                                sum(s * j for s, _, j in items) / w, len(items)))
+    return layers, by_kind
