@@ -1,0 +1,193 @@
+"""Text, JSON and CSV renderings of a DiffReport (imatui diff A B --format ...).
+
+Rows come most different first (lowest cosine) unless a sort column is given; tensors that cannot be
+compared (only in one file, shapes differ, no tokens) follow, with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Callable, Iterable
+
+from imatui.errors import ImatrixError
+from imatui.stats.diff import DiffReport, TensorDiff
+
+_INF = math.inf
+
+
+def _num(value: float | int | None, missing: float) -> float:
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# column -> (key, descending by default). Missing values always sort last (see sort_rows).
+SORT_KEYS: dict[str, tuple[Callable[[TensorDiff], Any], bool]] = {
+    "name": (lambda t: t.name, False),
+    "layer": (lambda t: (-1 if t.layer is None else t.layer, t.kind), False),
+    "kind": (lambda t: (t.kind, -1 if t.layer is None else t.layer), False),
+    "sum_a": (lambda t: t.sum_a, True),
+    "sum_b": (lambda t: t.sum_b, True),
+    "sum_ratio": (lambda t: t.sum_ratio, True),
+    "cossim": (lambda t: t.cossim, False),  # most different first
+    "js": (lambda t: t.js, True),
+    "rank_a": (lambda t: t.rank_a, False),
+    "rank_b": (lambda t: t.rank_b, False),
+    "rank_shift": (lambda t: None if t.rank_shift is None else abs(t.rank_shift), True),  # most moved
+    "top_channel": (lambda t: t.top_channel, False),
+    "top_share_delta": (lambda t: None if t.top_share_delta is None else abs(t.top_share_delta), True),
+}
+DEFAULT_SORT = "cossim"
+CSV_FIELDS = ["name", "layer", "kind", "sum_a", "sum_b", "sum_ratio", "cossim", "js", "rank_a", "rank_b",
+              "rank_shift", "top_channel", "top_value_a", "top_value_b", "top_share_delta", "comparable",
+              "reason", "n_mat", "n_in", "experts_compared", "experts_skipped"]
+
+
+def sort_rows(rows: Iterable[TensorDiff], column: str | None = None, reverse: bool = False) -> list[TensorDiff]:
+    """Rows ordered by a column (its natural direction; reverse flips it); missing values last.
+
+    A leading "-" on the column name also reverses ("-cossim": most similar first). Ties fall back
+    to the name so the order is stable across runs.
+    """
+    column = column or DEFAULT_SORT
+    if column.startswith("-"):
+        column, reverse = column[1:], not reverse
+    if column not in SORT_KEYS:
+        raise ImatrixError(f"unknown sort column {column!r}; one of: {', '.join(SORT_KEYS)}")
+    key, descending = SORT_KEYS[column]
+    rows = sorted(rows, key=lambda t: t.name)
+    present = [t for t in rows if key(t) is not None]
+    missing = [t for t in rows if key(t) is None]
+    present.sort(key=key, reverse=descending != reverse)
+    return present + missing
+
+
+def _clean(value: Any) -> Any:
+    """JSON never carries NaN or Infinity: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _shape(t: TensorDiff) -> tuple[int | None, int | None]:
+    shape = t.shape_a or t.shape_b
+    return (None, None) if shape is None else shape
+
+
+def format_json(report: DiffReport, sort: str | None = None) -> str:
+    d = report.to_dict()
+    d["tensors"] = [t.to_dict() for t in sort_rows(report.tensors, sort)]
+    return json.dumps(_clean(d), indent=2, allow_nan=False) + "\n"
+
+
+def format_csv(report: DiffReport, sort: str | None = None) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for t in sort_rows(report.tensors, sort):
+        n_mat, n_in = _shape(t)
+        d = t.to_dict()
+        d.update(n_mat=n_mat, n_in=n_in)
+        w.writerow(["" if d[f] is None or (isinstance(d[f], float) and not math.isfinite(d[f])) else
+                    (repr(d[f]) if isinstance(d[f], float) else d[f]) for f in CSV_FIELDS])
+    return out.getvalue()
+
+
+def fmt_num(value: float | None, spec: str = ".4g") -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
+
+
+def fmt_sum(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e6 else f"{value:.2f}"
+
+
+def fmt_shift(value: int | None) -> str:
+    return "-" if value is None else f"{value:+d}" if value else "0"
+
+
+def fmt_top(t: TensorDiff) -> str:
+    if t.top_channel is None:
+        return ""
+    return f"{t.top_channel}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+
+
+def _datasets(ds: list[str]) -> str:
+    return ", ".join(ds) if ds else "(none)"
+
+
+def header_lines(report: DiffReport) -> list[str]:
+    h = {x.field: x for x in report.header}
+    lines = []
+    for side, path in (("a", report.a), ("b", report.b)):
+        v = {k: getattr(x, side) for k, x in h.items()}
+        lines.append(f"{side.upper()}: {path}  ({v['format']}, {v['tensors']} tensors, "
+                     f"{v['chunk_count']} chunks of {v['chunk_size']}, datasets: {_datasets(v['datasets'])})")
+    diffs = [x for x in report.header_differences if x.field != "format"]
+    if diffs:
+        parts = []
+        for x in diffs:
+            a, b = (_datasets(x.a), _datasets(x.b)) if x.field == "datasets" else (x.a, x.b)
+            parts.append(f"{x.field.replace('_', ' ')} {a} ≠ {b}")
+        lines.append("differs: " + "; ".join(parts))
+    else:
+        lines.append("same chunk size, chunk count and datasets")
+    comp = report.comparable
+    if comp:
+        cos = [t.cossim for t in comp if t.cossim is not None]
+        lines.append(f"{len(comp)} of {len(report.tensors)} tensors compared; cosine min {min(cos):.4f}, "
+                     f"mean {sum(cos) / len(cos):.4f}; only in A: {len(report.only_a)}, only in B: "
+                     f"{len(report.only_b)}, not comparable: {len(report.tensors) - len(comp)}")
+    else:
+        lines.append(f"no tensor could be compared ({len(report.tensors)} in A or B)")
+    return lines
+
+
+TABLE_COLUMNS = ["Tensor", "Σ A", "Σ B", "B/A", "CosSim", "JS", "Rank A", "Rank B", "Shift",
+                 "Top channel (A → B)"]
+
+
+def table_cells(t: TensorDiff) -> list[str]:
+    if not t.comparable:
+        return [t.name, fmt_sum(t.sum_a), fmt_sum(t.sum_b), fmt_num(t.sum_ratio, ".3f"), "-", "-",
+                fmt_num(t.rank_a, "d"), fmt_num(t.rank_b, "d"), fmt_shift(t.rank_shift),
+                f"not comparable: {t.reason}"]
+    return [t.name, fmt_sum(t.sum_a), fmt_sum(t.sum_b), fmt_num(t.sum_ratio, ".3f"),
+            fmt_num(t.cossim, ".4f"), fmt_num(t.js, ".4f"), fmt_num(t.rank_a, "d"), fmt_num(t.rank_b, "d"),
+            fmt_shift(t.rank_shift), fmt_top(t)]
+
+
+def format_table(report: DiffReport, sort: str | None = None) -> str:
+    rows = [table_cells(t) for t in sort_rows(report.tensors, sort)]
+    widths = [max([len(TABLE_COLUMNS[i])] + [len(r[i]) for r in rows]) for i in range(len(TABLE_COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        out = [cells[0].ljust(widths[0])]
+        out += [c.rjust(widths[i + 1]) for i, c in enumerate(cells[1:-1])]
+        out.append(cells[-1])
+        return "  ".join(out).rstrip()
+
+    text = header_lines(report) + ["", line(TABLE_COLUMNS), "-" * len(line(TABLE_COLUMNS))]
+    text += [line(r) for r in rows]
+    for label, names in (("only in A", report.only_a), ("only in B", report.only_b)):
+        if names:
+            text.append(f"{label}: " + ", ".join(names))
+    return "\n".join(text) + "\n"
+
+
+def format_diff(report: DiffReport, fmt: str = "table", sort: str | None = None) -> str:
+    if fmt == "json":
+        return format_json(report, sort)
+    if fmt == "csv":
+        return format_csv(report, sort)
+    if fmt == "table":
+        return format_table(report, sort)
+    raise ImatrixError(f"unknown format {fmt!r}; one of: table, json, csv")
