@@ -1,0 +1,253 @@
+"""imatui.stats.diff and imatui.diff_printers on the real fixtures (and files derived from them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from imatui.cli import main
+from imatui.diff_printers import format_diff, sort_rows
+from imatui.errors import ImatrixError
+from imatui.formats import load
+from imatui.formats.write import save
+from imatui.imatrix import Entry, Imatrix
+from imatui.stats.diff import channel_pair, compute_diff
+
+PROSE = "smollm2-prose.imatrix.gguf"
+CODE = "smollm2-code.imatrix.gguf"
+DAT = "smollm2-prose.imatrix.dat"
+
+
+def _gguf_means(path, name: str) -> np.ndarray:
+    """sums2 / counts straight from the GGUF tensors, bypassing imatui's reader."""
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    sums2 = np.array(tensors[name + ".in_sum2"].data, dtype=np.float64).reshape(-1)
+    count = float(np.array(tensors[name + ".counts"].data).reshape(-1)[0])
+    return sums2 / count
+
+
+@pytest.fixture(scope="module")
+def prose_vs_code():
+    fixtures = Path(__file__).parent / "fixtures"
+    return compute_diff(load(fixtures / PROSE), load(fixtures / CODE))
+
+
+def test_self_diff_is_identity(fixtures):
+    im = load(fixtures / PROSE)
+    report = compute_diff(im, im)
+    assert len(report.tensors) == 210 and report.only_a == [] and report.only_b == []
+    for t in report.tensors:
+        assert t.comparable, t.name
+        assert abs(t.cossim - 1.0) < 1e-12, t.name
+        assert t.js == pytest.approx(0.0, abs=1e-15), t.name
+        assert t.rank_a == t.rank_b and t.rank_shift == 0
+        assert t.sum_ratio == 1.0
+    assert sorted(t.rank_a for t in report.tensors) == list(range(1, 211))
+    assert report.header_differences == []
+    assert all(lay.cossim == pytest.approx(1.0, abs=1e-12) for lay in report.layers)
+
+
+def test_gguf_against_legacy_dat_of_same_data(fixtures):
+    report = compute_diff(load(fixtures / PROSE), load(fixtures / DAT))
+    assert len(report.comparable) == 210
+    assert min(t.cossim for t in report.tensors) >= 0.9999
+    assert max(t.js for t in report.tensors) < 1e-9
+    # only the container differs
+    assert [h.field for h in report.header_differences] == ["format"]
+
+
+def test_prose_vs_code_most_different(fixtures, prose_vs_code):
+    report = prose_vs_code
+    assert [h.field for h in report.header_differences] == ["datasets"]
+    worst = report.most_different()
+    assert [t.name for t in worst[:2]] == ["blk.24.ffn_down.weight", "blk.5.ffn_down.weight"]
+    t = worst[0]
+    # checked by hand with numpy on the GGUF tensors (see _gguf_means)
+    a = _gguf_means(fixtures / PROSE, t.name)
+    b = _gguf_means(fixtures / CODE, t.name)
+    assert t.cossim == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), abs=1e-12)
+    assert t.cossim == pytest.approx(0.2652168352305437, abs=1e-12)
+    assert t.js == pytest.approx(0.26429871617014383, abs=1e-12)
+    # channel 157 carries 0.075 in prose and 70.2 in code: the outlier that code text lights up
+    assert t.top_channel == 157 == int(np.argmax(np.abs(b / b.sum() - a / a.sum())))
+    assert t.top_value_a == pytest.approx(0.07519295, rel=1e-6)
+    assert t.top_value_b == pytest.approx(70.203548, rel=1e-6)
+    assert (t.sum_a, t.sum_b) == (pytest.approx(551.76025, rel=1e-6), pytest.approx(546.91833, rel=1e-6))
+    assert (t.rank_a, t.rank_b, t.rank_shift) == (7, 6, -1)
+    assert worst[1].cossim == pytest.approx(0.2736144552084061, abs=1e-12)
+    assert worst[1].rank_shift == 118 - 137
+    # clearly below 1 for many tensors, but attention inputs stay close
+    assert sum(1 for x in report.tensors if x.cossim < 0.9) >= 20
+    assert report.tensor("blk.1.attn_k.weight").cossim == pytest.approx(0.9999122580229102, abs=1e-12)
+    # sparkline data: one cosine per kind and layer, and the per-layer aggregate
+    assert set(report.by_kind) == {"attn_k", "attn_output", "attn_q", "attn_v", "ffn_down", "ffn_gate", "ffn_up"}
+    assert len(report.by_kind["ffn_down"]) == 30 == len(report.layers)
+    assert report.by_kind["ffn_down"][24] == t.cossim
+    assert report.layers[0].cossim == pytest.approx(0.8866066131571247, abs=1e-12)
+
+
+def _derived(fixtures, tmp_path, mutate) -> Imatrix:
+    im = load(fixtures / PROSE).materialize()
+    mutate(im.entries)
+    im.entries = dict(sorted(im.entries.items()))
+    out = save(im, tmp_path / "derived.imatrix.gguf")
+    return load(out)
+
+
+def test_tensor_removed_is_listed_only_in_a(fixtures, tmp_path):
+    b = _derived(fixtures, tmp_path, lambda e: e.pop("blk.7.ffn_up.weight"))
+    report = compute_diff(load(fixtures / PROSE), b)
+    assert report.only_a == ["blk.7.ffn_up.weight"] and report.only_b == []
+    row = report.tensor("blk.7.ffn_up.weight")
+    assert not row.comparable and row.reason == "missing in B"
+    # llama-imatrix --show-statistics prints 9.05 for this tensor
+    assert row.sum_a == pytest.approx(9.05, abs=0.005) and row.sum_b is None and row.cossim is None
+    assert row.rank_a is not None and row.rank_b is None
+    assert [h.field for h in report.header_differences] == ["tensors"]
+    assert len(report.comparable) == 209
+    # the reverse direction
+    assert compute_diff(b, load(fixtures / PROSE)).only_b == ["blk.7.ffn_up.weight"]
+    text = format_diff(report, "table")
+    assert "only in A: blk.7.ffn_up.weight" in text
+    assert "blk.7.ffn_up.weight" in text and "not comparable: missing in B" in text
+
+
+def test_shape_mismatch_is_not_comparable(fixtures, tmp_path):
+    name = "blk.3.attn_q.weight"
+
+    def shrink(entries):
+        e = entries[name]
+        entries[name] = Entry.from_arrays(name, e.sums2[:, :288], e.counts)
+
+    report = compute_diff(load(fixtures / PROSE), _derived(fixtures, tmp_path, shrink))
+    row = report.tensor(name)
+    assert not row.comparable
+    assert row.reason == "shape mismatch: 1x576 in A, 1x288 in B"
+    assert row.cossim is None and row.js is None and row.top_channel is None
+    assert len(report.comparable) == 209 and report.only_a == [] == report.only_b
+    assert report.by_kind["attn_q"][3] is None
+    doc = json.loads(format_diff(report, "json"))
+    j = {t["name"]: t for t in doc["tensors"]}[name]
+    assert j["comparable"] is False and j["cossim"] is None and j["shape_b"] == [1, 288]
+
+
+def _moe(counts, sums2, name="blk.0.ffn_down_exps.weight") -> Imatrix:
+    return Imatrix(entries={name: Entry.from_arrays(name, sums2, counts)}, chunk_count=1)
+
+
+def test_moe_zero_count_experts_are_left_out_of_both_sides():
+    rng = np.random.default_rng(5)
+    s_a = rng.random((4, 8)).astype(np.float32) * 10
+    s_b = rng.random((4, 8)).astype(np.float32) * 10
+    c_a = np.array([10.0, 0.0, 20.0, 5.0])
+    c_b = np.array([8.0, 3.0, 0.0, 4.0])
+    s_a[1] = 0  # expert 1 never hit in A
+    s_b[2] = 0  # expert 2 never hit in B
+    report = compute_diff(_moe(c_a, s_a), _moe(c_b, s_b))
+    t = report.tensors[0]
+    assert t.comparable and t.experts_compared == 2 and t.experts_skipped == 2
+    live = [0, 3]
+    va = (s_a[live].astype(np.float64) / c_a[live][:, None]).reshape(-1)
+    vb = (s_b[live].astype(np.float64) / c_b[live][:, None]).reshape(-1)
+    assert t.cossim == pytest.approx(va @ vb / np.linalg.norm(va) / np.linalg.norm(vb), abs=1e-12)
+    i = int(np.argmax(np.abs(vb / vb.sum() - va / va.sum())))
+    assert t.top_channel == live[i // 8] * 8 + i % 8
+    # each side's Σ is its own llama Σ over its live experts
+    assert t.sum_a == pytest.approx(float((s_a[[0, 2, 3]] / c_a[[0, 2, 3]][:, None]).sum()), rel=1e-6)
+    pair = channel_pair(_moe(c_a, s_a), _moe(c_b, s_b), t.name)
+    assert pair.experts == live and np.allclose(pair.a, va) and np.allclose(pair.b, vb)
+
+
+def test_zero_counts_row_is_not_comparable():
+    s = np.ones((2, 4), dtype=np.float32)
+    report = compute_diff(_moe(np.array([1.0, 2.0]), s), _moe(np.array([0.0, 0.0]), s * 0))
+    t = report.tensors[0]
+    assert not t.comparable and t.reason == "zero counts in B (no tokens reached it)"
+    assert t.sum_b is None and t.rank_b is None
+    report = compute_diff(_moe(np.array([1.0, 0.0]), s), _moe(np.array([0.0, 2.0]), s))
+    assert report.tensors[0].reason == "no matrix (expert) has tokens in both A and B"
+
+
+def test_sort_rows_any_column(prose_vs_code):
+    rows = prose_vs_code.tensors
+    by_js = sort_rows(rows, "js")
+    assert by_js[0].js == max(t.js for t in rows)
+    assert [t.cossim for t in sort_rows(rows, "-cossim")][:1] == [max(t.cossim for t in rows)]
+    assert sort_rows(rows, "rank_a")[0].rank_a == 1
+    assert abs(sort_rows(rows, "rank_shift")[0].rank_shift) == max(abs(t.rank_shift) for t in rows)
+    with pytest.raises(ImatrixError, match="unknown sort column 'nope'"):
+        sort_rows(rows, "nope")
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_json(fixtures, capsys):
+    assert main(["diff", str(fixtures / PROSE), str(fixtures / CODE), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out
+    doc = json.loads(out)
+    assert doc["a"].endswith(PROSE) and doc["b"].endswith(CODE)
+    assert doc["only_a"] == [] and doc["only_b"] == []
+    assert doc["header"]["datasets"] == {"a": ["../calib/prose.txt"], "b": ["../calib/code.txt"], "differs": True}
+    assert doc["header"]["chunk_count"] == {"a": 40, "b": 40, "differs": False}
+    assert len(doc["tensors"]) == 210
+    first = doc["tensors"][0]
+    for key in ("name", "layer", "kind", "sum_a", "sum_b", "sum_ratio", "cossim", "js", "rank_a", "rank_b",
+                "rank_shift", "top_channel", "comparable", "reason"):
+        assert key in first
+    assert (first["name"], first["layer"], first["kind"]) == ("blk.24.ffn_down.weight", 24, "ffn_down")
+    assert first["cossim"] == pytest.approx(0.2652168352305437, abs=1e-12)
+    assert [t["cossim"] for t in doc["tensors"]] == sorted(t["cossim"] for t in doc["tensors"])
+
+
+def test_cli_json_missing_tensor_has_nulls_not_nan(fixtures, tmp_path, capsys):
+    b = _derived(fixtures, tmp_path, lambda e: e.pop("blk.0.attn_k.weight"))
+    assert main(["diff", str(fixtures / PROSE), str(b.path), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    assert doc["only_a"] == ["blk.0.attn_k.weight"]
+    row = doc["tensors"][-1]
+    assert row["name"] == "blk.0.attn_k.weight" and row["cossim"] is None and row["sum_b"] is None
+    assert "NaN" not in out and "Infinity" not in out
+
+
+def test_cli_csv(fixtures, capsys):
+    assert main(["diff", str(fixtures / PROSE), str(fixtures / CODE), "--format", "csv", "--sort", "name"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0][:10] == ["name", "layer", "kind", "sum_a", "sum_b", "sum_ratio", "cossim", "js",
+                            "rank_a", "rank_b"]
+    assert len(rows) == 211
+    assert rows[1][0] == "blk.0.attn_k.weight"
+    assert float(rows[1][6]) == pytest.approx(0.9942462426419088, abs=1e-12)
+
+
+def test_cli_table(fixtures, capsys):
+    assert main(["diff", str(fixtures / PROSE), str(fixtures / CODE), "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "differs: datasets ../calib/prose.txt ≠ ../calib/code.txt"
+    head = next(i for i, line in enumerate(lines) if line.startswith("Tensor"))
+    assert lines[head + 2].split()[:6] == ["blk.24.ffn_down.weight", "551.76", "546.92", "0.991", "0.2652",
+                                            "0.2643"]
+    assert lines[head + 3].startswith("blk.5.ffn_down.weight")
+    # aligned: every CosSim value ends in the header's column
+    end = lines[head].index("CosSim") + len("CosSim")
+    assert all(line[end - 6:end] == f"{float(line[end - 6:end]):.4f}" for line in lines[head + 2:head + 20])
+
+
+def test_cli_bad_input_is_one_line_exit_2(fixtures, tmp_path, capsys):
+    assert main(["diff", str(fixtures / PROSE), str(tmp_path / "missing.gguf"), "--format", "json"]) == 2
+    err = capsys.readouterr()
+    assert err.out == ""
+    assert err.err.count("\n") == 1 and err.err.startswith("imatui: ") and "missing.gguf" in err.err
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not an imatrix at all")
+    assert main(["diff", str(junk), str(fixtures / PROSE), "--format", "table"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["diff", str(fixtures / PROSE), str(fixtures / PROSE), "--format", "csv", "--sort", "nope"]) == 2
+    assert "unknown sort column" in capsys.readouterr().err
