@@ -235,10 +235,12 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
     v64 = vals.astype(np.float64)
     m64 = v64.mean()
     d = v64 - m64
-    m2 = float((d * d).mean())
+    d2 = d * d
+    m2 = float(d2.mean())
     if m2 > 0:
-        skew = float((d**3).mean() / m2**1.5)
-        kurt = float((d**4).mean() / (m2 * m2) - 3.0)
+        # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
+        skew = float(np.dot(d2, d) / d.size / m2**1.5)
+        kurt = float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
     else:
         skew = kurt = None
     k = min(TOP_CHANNELS, n)
