@@ -37,6 +37,11 @@ SORT_KEYS: dict[str, tuple[Callable[[TensorDiff], Any], bool]] = {
     "rank_shift": (lambda t: None if t.rank_shift is None else abs(t.rank_shift), True),  # most moved
     "top_channel": (lambda t: t.top_channel, False),
     "top_share_delta": (lambda t: None if t.top_share_delta is None else abs(t.top_share_delta), True),
+    # the TUI's A / B / Δ views sort by these too; a Δ sorts by size, largest change first
+    "sum_delta": (lambda t: None if t.sum_a is None or t.sum_b is None else abs(t.sum_b - t.sum_a), True),
+    "top_value_a": (lambda t: t.top_value_a, True),
+    "top_value_b": (lambda t: t.top_value_b, True),
+    "top_delta": (lambda t: None if t.top_value_a is None else abs(t.top_value_b - t.top_value_a), True),
 }
 DEFAULT_SORT = "cossim"
 CSV_FIELDS = ["name", "layer", "kind", "sum_a", "sum_b", "sum_ratio", "cossim", "js", "rank_a", "rank_b",

@@ -1,0 +1,602 @@
+"""The diff view: two imatrix files compared tensor by tensor, from the keyboard.
+
+Self-contained: the screen loads both files and computes the diff in a thread worker, which posts
+the result back as a message; the per-channel vectors of the selected tensor are read in another
+worker. The numbers all come from imatui.stats.diff (the same ones `imatui diff --format` prints);
+the screen only lays them out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from imatui.diff_printers import fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
+from imatui.errors import ImatrixError
+from imatui.imatrix import Imatrix
+from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+
+MODES = ("A", "B", "Δ")
+# plotext draws at most two points per terminal column: more only costs time
+POINTS_PER_COLUMN = 2
+
+
+# --- messages from the workers --------------------------------------------------------------------
+
+@dataclass
+class DiffReady(Message):
+    a: Imatrix
+    b: Imatrix
+    report: DiffReport
+
+
+@dataclass
+class DiffFailed(Message):
+    message: str  # the ImatrixError's one line, "PATH: problem"
+
+
+@dataclass
+class DiffChannels(Message):
+    pair: ChannelPair
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DiffChannels)
+
+
+# --- columns: (key, label per mode, sort key per mode, cell per mode) -------------------------------
+
+def _sum_delta(t: TensorDiff) -> float | None:
+    return None if t.sum_a is None or t.sum_b is None else t.sum_b - t.sum_a
+
+
+def _top_delta(t: TensorDiff) -> float | None:
+    return None if t.top_value_a is None or t.top_value_b is None else t.top_value_b - t.top_value_a
+
+
+def _signed(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, "+" + spec)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    labels: tuple[str, str, str]  # in modes A, B, Δ
+    sorts: tuple[str, str, str]  # diff_printers.SORT_KEYS column per mode
+    cells: tuple[Callable[[TensorDiff], str], ...]  # per mode (one entry: the same in every mode)
+    width: int | None = None
+
+    def label(self, mode: int) -> str:
+        return self.labels[mode]
+
+    def sort(self, mode: int) -> str:
+        return self.sorts[mode]
+
+    def cell(self, t: TensorDiff, mode: int) -> str:
+        return self.cells[mode if len(self.cells) > 1 else 0](t)
+
+
+def _same(label: str, sort: str, cell: Callable[[TensorDiff], str], width: int | None = None) -> Column:
+    return Column(label.lower(), (label,) * 3, (sort,) * 3, (cell,), width)
+
+
+COLUMNS: list[Column] = [
+    Column("name", ("Tensor",) * 3, ("name",) * 3, (lambda t: t.name,)),
+    Column("sum", ("Σ A", "Σ B", "Σ B−A"), ("sum_a", "sum_b", "sum_delta"),
+           (lambda t: fmt_sum(t.sum_a), lambda t: fmt_sum(t.sum_b), lambda t: _signed(_sum_delta(t)))),
+    Column("ratio", ("B/A",) * 3, ("sum_ratio",) * 3, (lambda t: fmt_num(t.sum_ratio, ".3f"),)),
+    Column("cossim", ("CosSim",) * 3, ("cossim",) * 3, (lambda t: fmt_num(t.cossim, ".4f"),)),
+    Column("js", ("JS",) * 3, ("js",) * 3, (lambda t: fmt_num(t.js, ".4f"),)),
+    Column("rank", ("Rank A", "Rank B", "Shift"), ("rank_a", "rank_b", "rank_shift"),
+           (lambda t: fmt_num(t.rank_a, "d"), lambda t: fmt_num(t.rank_b, "d"),
+            lambda t: fmt_shift(t.rank_shift))),
+    Column("channel", ("Top ch",) * 3, ("top_channel",) * 3,
+           (lambda t: "-" if t.top_channel is None else str(t.top_channel),)),
+    Column("top", ("Top A", "Top B", "Top B−A"), ("top_value_a", "top_value_b", "top_delta"),
+           (lambda t: fmt_num(t.top_value_a), lambda t: fmt_num(t.top_value_b),
+            lambda t: _signed(_top_delta(t)))),
+    Column("note", ("Note",) * 3, ("name",) * 3, (lambda t: "" if t.comparable else t.reason or "",)),
+]
+COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
+SORTABLE = [c.key for c in COLUMNS if c.key != "note"]
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """Case-insensitive regex; a pattern that is not a valid regex matches as a plain substring."""
+    if not pattern:
+        return lambda name: True
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        needle = pattern.lower()
+        return lambda name: needle in name.lower()
+    return lambda name: rx.search(name) is not None
+
+
+def _bucket(values: np.ndarray, n: int, signed: bool = False) -> tuple[list[float], list[float]]:
+    """At most n points: the largest value (largest |value| when signed) of each run of channels,
+    so that a single outlier channel stays visible at any width. x is the run's first channel."""
+    size = len(values)
+    if size <= n:
+        return list(range(size)), values.tolist()
+    edges = np.linspace(0, size, n + 1).astype(np.int64)
+    xs, ys = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi <= lo:
+            continue
+        part = values[lo:hi]
+        i = int(np.argmax(np.abs(part) if signed else part))
+        xs.append(int(lo + i))
+        ys.append(float(part[i]))
+    return xs, ys
+
+
+# --- widgets --------------------------------------------------------------------------------------
+
+class OverlayPlot(Widget):
+    """A plotext chart of one tensor's channels: A and B overlaid, or B − A.
+
+    The widget owns its figure (a fresh private one per build, never plotext's global figure) and
+    builds it at its own size in render(), so a resize redraws it; the ANSI text goes through
+    Text.from_ansi.
+    """
+
+    DEFAULT_CSS = "OverlayPlot { width: 1fr; height: 1fr; min-height: 6; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pair: ChannelPair | None = None
+        self.mode = 0
+        self.labels = ("A", "B")
+        self._cache: tuple[tuple, Text] | None = None
+        self._version = 0
+        self.draws = 0  # how many times a figure was built (tests check that a resize redraws)
+
+    def show(self, pair: ChannelPair | None, mode: int, labels: tuple[str, str]) -> None:
+        self.pair, self.mode, self.labels = pair, mode, labels
+        self._version += 1
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.size.width, self.size.height
+        if self.pair is None or width < 16 or height < 6:
+            return Text("")
+        key = (width, height, self._version)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        text = Text.from_ansi(self.build(width, height), no_wrap=True)
+        self._cache = (key, text)
+        return text
+
+    def build(self, width: int, height: int) -> str:
+        from plotext._kernel.terminal import terminal
+
+        fig = terminal()._master  # a private figure for this widget and this build
+        fig._set_size(width, height)
+        fig.theme("simple")
+        pair = self.pair
+        self.draws += 1
+        n = max(8, (width - 10) * POINTS_PER_COLUMN)
+        if pair.a is None or pair.b is None:
+            side = pair.a if pair.a is not None else pair.b
+            if side is None:
+                fig.title("no channels to compare")
+                return fig.build().string()
+            xs, ys = _bucket(side, n)
+            fig.draw(fig.signal(xs, ys).label(self.labels[0] if pair.a is not None else self.labels[1]).lines(True))
+            fig.title("only one side can be drawn")
+            return fig.build().string()
+        self._ticks(fig, len(pair.a), width)
+        if self.mode == 2:
+            xs, ys = _bucket(pair.b - pair.a, n, signed=True)
+            fig.draw(fig.signal(xs, ys).label(f"{self.labels[1]} − {self.labels[0]}").lines(True))
+            fig.title("per-channel mean importance, B − A (largest |Δ| per column)")
+            return fig.build().string()
+        xa, ya = _bucket(pair.a, n)
+        xb, yb = _bucket(pair.b, n)
+        series = [(xa, ya, self.labels[0]), (xb, yb, self.labels[1])]
+        if self.mode == 0:  # the side being looked at is drawn last, on top
+            series.reverse()
+        for xs, ys, label in series:
+            fig.draw(fig.signal(xs, ys).label(label).lines(True))
+        positive = min(min(ya), min(yb)) > 0
+        if positive:
+            fig.ruler(1).scale("log")
+        fig.title("per-channel mean importance" + (", log" if positive else "") + " (max per column)")
+        return fig.build().string()
+
+
+    @staticmethod
+    def _ticks(fig, size: int, width: int) -> None:
+        """Whole channel numbers on the x axis (plotext would print 2.6e2)."""
+        count = max(2, min(7, (width - 8) // 9))
+        positions = sorted({int(round(x)) for x in np.linspace(0, max(size - 1, 0), count)})
+        fig.ruler(0).ticks(positions, [str(p) for p in positions])
+
+
+class KindSparkline(Horizontal):
+    """kind label, a Sparkline of 1 − cosine over the layers, and where the kind differs most."""
+
+    DEFAULT_CSS = """
+    KindSparkline { height: 1; }
+    KindSparkline > .kind { width: 12; color: $text-muted; }
+    KindSparkline > Sparkline { width: 1fr; height: 1; }
+    KindSparkline > .worst { width: 16; padding-left: 1; }
+    """
+
+    def __init__(self, kind: str, cosines: list[float | None], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.cosines = cosines
+
+    @property
+    def data(self) -> list[float]:
+        # a layer without a comparable tensor draws as no difference; the "worst" label says more
+        return [0.0 if c is None else max(0.0, 1.0 - c) for c in self.cosines]
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.kind, classes="kind")
+        yield Sparkline(self.data, summary_function=max)
+        known = [(c, i) for i, c in enumerate(self.cosines) if c is not None]
+        worst = f"min {min(known)[0]:.3f} @{min(known)[1]}" if known else "—"
+        yield Label(worst, classes="worst")
+
+
+# --- the screen -----------------------------------------------------------------------------------
+
+class DiffScreen(Screen):
+    """Two imatrix files side by side: one row per tensor, most different first."""
+
+    DEFAULT_CSS = """
+    DiffScreen { layout: vertical; }
+    DiffScreen #diff-header { height: auto; max-height: 6; padding: 0 1; background: $boost; }
+    DiffScreen #diff-table { height: 1fr; min-height: 6; }
+    DiffScreen #diff-status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
+    DiffScreen #diff-bottom { height: 16; }
+    DiffScreen #diff-sparks { width: 62; padding: 0 1; border-right: vkey $foreground 20%; }
+    DiffScreen #diff-sparks .title { color: $text-muted; text-style: bold; }
+    DiffScreen #diff-detail { width: 1fr; padding: 0 1; }
+    DiffScreen #diff-detail-title { height: auto; max-height: 4; }
+    DiffScreen #diff-filter { dock: bottom; display: none; }
+    DiffScreen #diff-filter.-visible { display: block; }
+    """
+
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="diff.close", tooltip="Close the diff (or the filter box)"),
+        Binding("q", "close", "Close", show=False, id="diff.quit", tooltip="Close the diff"),
+        Binding("n", "jump(1)", "Next diff", id="diff.next",
+                tooltip="Jump to the next most different tensor (lower cosine)"),
+        Binding("N", "jump(-1)", "Prev diff", id="diff.previous",
+                tooltip="Jump to the previous, more different tensor"),
+        Binding("right_square_bracket", "jump(1)", "Next diff", show=False, id="diff.next_alt"),
+        Binding("left_square_bracket", "jump(-1)", "Prev diff", show=False, id="diff.previous_alt"),
+        Binding("v", "toggle_values", "A/B/Δ", id="diff.values",
+                tooltip="Show the values of A, of B, or their difference"),
+        Binding("s", "cycle_sort(1)", "Sort", id="diff.sort", tooltip="Sort by the next column"),
+        Binding("S", "cycle_sort(-1)", "Sort back", show=False, id="diff.sort_back",
+                tooltip="Sort by the previous column"),
+        Binding("r", "reverse_sort", "Reverse", id="diff.reverse", tooltip="Reverse the sort order"),
+        Binding("slash", "filter", "Filter", id="diff.filter",
+                tooltip="Show only tensors whose name matches (regex, or plain text)"),
+    ]
+
+    def __init__(self, a_path: str, b_path: str, chunk_size: int = 512, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.a_path = str(a_path)
+        self.b_path = str(b_path)
+        self.chunk_size = chunk_size
+        self.report: DiffReport | None = None
+        self.a: Imatrix | None = None
+        self.b: Imatrix | None = None
+        self.error: str | None = None
+        self.mode = 0  # index into MODES
+        self.sort_column = "cossim"  # a COLUMNS key
+        self.sort_reverse = False
+        self.filter_text = ""
+        self.shown: list[TensorDiff] = []  # rows in table order
+        self.selected: str | None = None
+
+    # --- layout -----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(f"A: {self.a_path}\nB: {self.b_path}\nreading both files…"), id="diff-header")
+        yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="diff-status")
+        with Horizontal(id="diff-bottom"):
+            yield Vertical(Label("1 − cosine per layer (higher: A and B disagree)", classes="title"),
+                           id="diff-sparks")
+            with Vertical(id="diff-detail"):
+                yield Static("", id="diff-detail-title")
+                yield OverlayPlot(id="diff-plot")
+        yield Input(placeholder="filter tensors: regex or text (enter applies, escape clears)", id="diff-filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).loading = True
+        self.sub_title = "diff"
+        self._compute()
+
+    # --- workers ----------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False)
+    def _compute(self) -> None:
+        from imatui.formats import load
+
+        worker = get_current_worker()
+        try:
+            a = load(self.a_path, chunk_size=self.chunk_size)
+            b = load(self.b_path, chunk_size=self.chunk_size)
+            report = compute_diff(a, b, cancelled=lambda: worker.is_cancelled)
+        except InterruptedError:
+            return
+        except ImatrixError as exc:
+            self.post_message(DiffFailed(str(exc)))
+            return
+        except OSError as exc:
+            self.post_message(DiffFailed(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")))
+            return
+        if not worker.is_cancelled:
+            self.post_message(DiffReady(a, b, report))
+
+    @work(thread=True, exclusive=True, group="diff-detail", exit_on_error=False)
+    def _read_channels(self, name: str) -> None:
+        try:
+            pair = channel_pair(self.a, self.b, name)
+        except ImatrixError as exc:
+            self.post_message(DiffFailed(str(exc)))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(DiffChannels(pair))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # anything the workers did not expect: say so, keep the app running
+        if event.state == WorkerState.ERROR and event.worker.group in ("diff", "diff-detail"):
+            self._failed(f"{type(event.worker.error).__name__}: {event.worker.error}")
+
+    @on(DiffFailed)
+    def _on_failed(self, message: DiffFailed) -> None:
+        self._failed(message.message)
+
+    def _failed(self, text: str) -> None:
+        self.error = text
+        self.query_one(DataTable).loading = False
+        if self.report is None:
+            self.query_one("#diff-header", Static).update(
+                Text.assemble(f"A: {self.a_path}\nB: {self.b_path}\n", ("cannot compare: ", "bold red"), text))
+        self.notify(text, title="diff", severity="error", timeout=8)
+
+    @on(DiffReady)
+    def _on_ready(self, message: DiffReady) -> None:
+        self.a, self.b, self.report = message.a, message.b, message.report
+        self.error = None
+        self.query_one("#diff-header", Static).update(self._header_text())
+        self._build_sparklines()
+        table = self.query_one(DataTable)
+        table.loading = False
+        self._populate()
+        table.focus()
+
+    @on(DiffChannels)
+    def _on_channels(self, message: DiffChannels) -> None:
+        if message.pair.name == self.selected:
+            self._plot(message.pair)
+
+    # --- header and sparklines --------------------------------------------------------------------
+
+    def _header_text(self) -> Text:
+        lines = header_lines(self.report)
+        text = Text()
+        for i, line in enumerate(lines):
+            if i:
+                text.append("\n")
+            if line.startswith("differs:"):
+                text.append("differs:", style="bold yellow")
+                text.append(line[len("differs:"):])
+            elif line[:2] in ("A:", "B:"):
+                text.append(line[:2], style="bold")
+                text.append(line[2:])
+            else:
+                text.append(line, style="dim" if line.startswith("same") else "")
+        return text
+
+    def _build_sparklines(self) -> None:
+        box = self.query_one("#diff-sparks", Vertical)
+        for old in box.query(KindSparkline):
+            old.remove()
+        report = self.report
+        rows = [KindSparkline("all layers", [lay.cossim for lay in report.layers], id="spark-all")]
+        rows += [KindSparkline(kind, cos, id=f"spark-{kind}") for kind, cos in report.by_kind.items()]
+        box.mount_all(rows)
+
+    # --- the table --------------------------------------------------------------------------------
+
+    def _visible(self) -> list[TensorDiff]:
+        match = _matcher(self.filter_text)
+        column = COLUMN_BY_KEY[self.sort_column]
+        rows = [t for t in self.report.tensors if match(t.name)]
+        return sort_rows(rows, column.sort(self.mode), reverse=self.sort_reverse)
+
+    def _populate(self) -> None:
+        """(Re)fill the table: columns labelled for the current mode, rows sorted and filtered;
+        the cursor stays on the tensor it was on when that tensor is still shown."""
+        table = self.query_one(DataTable)
+        keep = self.selected
+        self.shown = self._visible()
+        with self.app.batch_update():
+            table.clear(columns=True)
+            for col in COLUMNS:
+                label = col.label(self.mode)
+                if col.key == self.sort_column:
+                    label += " ▼" if not self.sort_reverse else " ▲"
+                table.add_column(Text(label, justify="left" if col.key in ("name", "note") else "right"),
+                                 key=col.key)
+            for t in self.shown:
+                cells = [self._styled(col, t) for col in COLUMNS]
+                table.add_row(*cells, key=t.name)
+        names = [t.name for t in self.shown]
+        if keep in names:
+            table.move_cursor(row=names.index(keep), animate=False)
+        elif names:
+            table.move_cursor(row=0, animate=False)
+        self._update_status()
+        if not names:
+            self.selected = None
+            self._show_detail(None)
+
+    def _styled(self, col: Column, t: TensorDiff) -> Text:
+        text = col.cell(t, self.mode)
+        if col.key == "name":
+            return Text(text, style="" if t.comparable else "dim")
+        if col.key == "note":
+            return Text(text, style="italic yellow")
+        style = ""
+        if col.key == "cossim" and t.cossim is not None:
+            style = "bold red" if t.cossim < 0.5 else "yellow" if t.cossim < 0.9 else ""
+        return Text(text, style=style, justify="right")
+
+    def _update_status(self) -> None:
+        report = self.report
+        col = COLUMN_BY_KEY[self.sort_column]
+        parts = [f"values: {MODES[self.mode]}",
+                 f"sort: {col.label(self.mode)}{' (reversed)' if self.sort_reverse else ''}",
+                 f"{len(self.shown)} of {len(report.tensors)} tensors"]
+        if self.filter_text:
+            parts.append(f"filter: {self.filter_text}")
+        self.query_one("#diff-status", Static).update("  ·  ".join(parts))
+
+    @on(DataTable.RowHighlighted, "#diff-table")
+    def _on_highlight(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is None or event.row_key.value is None:
+            return
+        name = event.row_key.value
+        if name == self.selected and self.query_one(OverlayPlot).pair is not None:
+            return
+        self.selected = name
+        self._show_detail(self.report.tensor(name))
+
+    @on(DataTable.HeaderSelected, "#diff-table")
+    def _on_header(self, event: DataTable.HeaderSelected) -> None:
+        key = event.column_key.value
+        if key not in SORTABLE:
+            return
+        if key == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = key, False
+        self._populate()
+
+    # --- the detail pane --------------------------------------------------------------------------
+
+    def _show_detail(self, t: TensorDiff | None) -> None:
+        title = self.query_one("#diff-detail-title", Static)
+        plot = self.query_one(OverlayPlot)
+        if t is None:
+            title.update("")
+            plot.show(None, self.mode, ("A", "B"))
+            return
+        text = Text.assemble((t.name, "bold"))
+        if t.comparable:
+            text.append(f"  cos {t.cossim:.4f} · JS {t.js:.4f}\n")
+            text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}"
+                        f" · top channel {t.top_channel}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+                        f" ({t.top_share_delta * 100:+.1f} pts of Σ)", style="dim")
+            if t.experts_skipped:
+                text.append(f" · {t.experts_skipped} experts without tokens in A or B left out", style="dim")
+        else:
+            text.append(f"  not comparable: {t.reason}", style="yellow")
+        title.update(text)
+        self._read_channels(t.name)
+
+    def _plot(self, pair: ChannelPair) -> None:
+        self.query_one(OverlayPlot).show(pair, self.mode, ("A", "B"))
+
+    # --- actions ----------------------------------------------------------------------------------
+
+    def action_close(self) -> None:
+        box = self.query_one("#diff-filter", Input)
+        if box.has_class("-visible"):
+            self._close_filter(clear=box.has_focus)
+            return
+        self.app.pop_screen()
+
+    def action_jump(self, step: int) -> None:
+        if self.report is None:
+            return
+        visible = {t.name for t in self.shown}
+        order = [t.name for t in self.report.most_different() if t.name in visible]
+        if not order:
+            self.notify("no comparable tensor is shown", severity="warning")
+            return
+        if self.selected in order:
+            i = order.index(self.selected) + step
+            if not 0 <= i < len(order):
+                self.notify("this is the most different tensor" if step < 0 else
+                            "this is the most similar tensor", timeout=2)
+                return
+        else:
+            i = 0
+        name = order[i]
+        table = self.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index(name), animate=False)
+        t = self.report.tensor(name)
+        self.notify(f"#{i + 1} most different: {name} (cos {t.cossim:.4f})", timeout=2)
+
+    def action_toggle_values(self) -> None:
+        if self.report is None:
+            return
+        self.mode = (self.mode + 1) % len(MODES)
+        self._populate()
+        plot = self.query_one(OverlayPlot)
+        if plot.pair is not None:
+            plot.show(plot.pair, self.mode, plot.labels)
+
+    def action_cycle_sort(self, step: int) -> None:
+        if self.report is None:
+            return
+        i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
+        self.sort_column, self.sort_reverse = SORTABLE[(i + step) % len(SORTABLE)], False
+        self._populate()
+
+    def action_reverse_sort(self) -> None:
+        if self.report is None:
+            return
+        self.sort_reverse = not self.sort_reverse
+        self._populate()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#diff-filter", Input)
+        box.add_class("-visible")
+        box.value = self.filter_text
+        box.focus()
+
+    @on(Input.Changed, "#diff-filter")
+    def _on_filter_changed(self, event: Input.Changed) -> None:
+        if self.report is not None and event.value != self.filter_text:
+            self.filter_text = event.value
+            self._populate()
+
+    @on(Input.Submitted, "#diff-filter")
+    def _on_filter_submitted(self, event: Input.Submitted) -> None:
+        self._close_filter(clear=False)
+
+    def _close_filter(self, clear: bool) -> None:
+        box = self.query_one("#diff-filter", Input)
+        box.remove_class("-visible")
+        if clear and self.filter_text:
+            self.filter_text = ""
+            box.value = ""
+            if self.report is not None:
+                self._populate()
+        self.query_one(DataTable).focus()
