@@ -67,6 +67,16 @@ def test_live_series_rates_and_resets():
     assert len(series) == 1 and series.steps == []
 
 
+def test_snapshots_inserted_out_of_order_give_the_same_steps():
+    series = ConvergenceSeries()
+    for n in (3, 1, 0, 2):
+        im = load(SNAPSHOTS[n])
+        assert series.insert_checkpoint(Checkpoint(im.chunk_count, None, channel_means(im)))
+    assert not series.insert_checkpoint(Checkpoint(20, None, {}))
+    assert [c.chunk_count for c in series.checkpoints] == [10, 20, 30, 40]
+    assert series.mins() == pytest.approx([0.9854764779437304, 0.9962194323634926, 0.9819378560855336], abs=1e-12)
+
+
 def test_moe_rows_are_pooled_by_tokens_and_unhit_tensors_skipped():
     moe = Entry.from_arrays("blk.0.ffn_down_exps.weight", np.array([[2.0, 0.0], [0.0, 6.0]]), [1.0, 3.0])
     dead = Entry.from_arrays("blk.0.ffn_up_exps.weight", np.zeros((2, 2)), [0.0, 0.0])

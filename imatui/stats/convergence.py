@@ -137,6 +137,18 @@ class ConvergenceSeries:
         self.steps.append(step)
         return step
 
+    def insert_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Put a checkpoint in chunk order (a snapshot file noticed late); False when that count is known."""
+        if any(c.chunk_count == checkpoint.chunk_count for c in self.checkpoints):
+            return False
+        if not self.checkpoints or checkpoint.chunk_count > self.checkpoints[-1].chunk_count:
+            self.add_checkpoint(checkpoint)
+            return True
+        self.checkpoints.append(checkpoint)
+        self.checkpoints.sort(key=lambda c: c.chunk_count)
+        self.steps = [compare(a, b, self.most_moved) for a, b in zip(self.checkpoints, self.checkpoints[1:])]
+        return True
+
     def add(self, imatrix: Imatrix, when: float | None = None, label: str = "",
             cancelled: Callable[[], bool] | None = None) -> Step | None:
         """Add a loaded imatrix; `when` defaults to its file's mtime."""
