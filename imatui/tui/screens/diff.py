@@ -70,6 +70,13 @@ def _signed(value: float | None, spec: str = ".4g") -> str:
     return "-" if value is None else format(value, "+" + spec)
 
 
+def _signed_sum(value: float | None) -> str:
+    """A Σ difference, with the two decimals of the Σ columns where they say something."""
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if 1e-2 <= abs(value) < 1e6 else f"{value:+.4g}"
+
+
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -95,7 +102,7 @@ def _same(label: str, sort: str, cell: Callable[[TensorDiff], str], width: int |
 COLUMNS: list[Column] = [
     Column("name", ("Tensor",) * 3, ("name",) * 3, (lambda t: t.name,)),
     Column("sum", ("Σ A", "Σ B", "Σ B−A"), ("sum_a", "sum_b", "sum_delta"),
-           (lambda t: fmt_sum(t.sum_a), lambda t: fmt_sum(t.sum_b), lambda t: _signed(_sum_delta(t)))),
+           (lambda t: fmt_sum(t.sum_a), lambda t: fmt_sum(t.sum_b), lambda t: _signed_sum(_sum_delta(t)))),
     Column("ratio", ("B/A",) * 3, ("sum_ratio",) * 3, (lambda t: fmt_num(t.sum_ratio, ".3f"),)),
     Column("cossim", ("CosSim",) * 3, ("cossim",) * 3, (lambda t: fmt_num(t.cossim, ".4f"),)),
     Column("js", ("JS",) * 3, ("js",) * 3, (lambda t: fmt_num(t.js, ".4f"),)),
@@ -432,7 +439,7 @@ class DiffScreen(Screen):
         """(Re)fill the table: columns labelled for the current mode, rows sorted and filtered;
         the cursor stays on the tensor it was on when that tensor is still shown."""
         table = self.query_one(DataTable)
-        keep = self.selected
+        keep = self._cursor_name()
         self.shown = self._visible()
         with self.app.batch_update():
             table.clear(columns=True)
@@ -454,6 +461,11 @@ class DiffScreen(Screen):
         if not names:
             self.selected = None
             self._show_detail(None)
+
+    def _cursor_name(self) -> str | None:
+        """The tensor under the table's cursor now (RowHighlighted may not have arrived yet)."""
+        row = self.query_one(DataTable).cursor_row
+        return self.shown[row].name if self.shown and 0 <= row < len(self.shown) else self.selected
 
     def _styled(self, col: Column, t: TensorDiff) -> Text:
         text = col.cell(t, self.mode)
@@ -539,8 +551,9 @@ class DiffScreen(Screen):
         if not order:
             self.notify("no comparable tensor is shown", severity="warning")
             return
-        if self.selected in order:
-            i = order.index(self.selected) + step
+        current = self._cursor_name()
+        if current in order:
+            i = order.index(current) + step
             if not 0 <= i < len(order):
                 self.notify("this is the most different tensor" if step < 0 else
                             "this is the most similar tensor", timeout=2)

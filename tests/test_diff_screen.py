@@ -1,0 +1,235 @@
+"""The diff view driven from the keyboard (and mouse) through Textual's pilot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.app import App
+from textual.widgets import DataTable, Input, Sparkline, Static
+
+from imatui.formats import load
+from imatui.formats.write import save
+from imatui.tui.screens.diff import DiffScreen, KindSparkline, OverlayPlot
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROSE = str(FIXTURES / "smollm2-prose.imatrix.gguf")
+CODE = str(FIXTURES / "smollm2-code.imatrix.gguf")
+
+
+class _Host(App):
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def on_mount(self) -> None:
+        self.push_screen(DiffScreen(self.a, self.b))
+
+
+async def _ready(pilot) -> DiffScreen:
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()  # the detail worker started by the first highlight
+    await pilot.pause()
+    screen = pilot.app.screen
+    assert isinstance(screen, DiffScreen)
+    return screen
+
+
+def _table(screen: DiffScreen) -> DataTable:
+    return screen.query_one("#diff-table", DataTable)
+
+
+def _keys(table: DataTable) -> list[str]:
+    return [row.key.value for row in table.ordered_rows]
+
+
+def _cursor(table: DataTable) -> str:
+    return table.ordered_rows[table.cursor_row].key.value
+
+
+def _cell(table: DataTable, row: str, column: str) -> str:
+    return str(table.get_cell(row, column))
+
+
+def _labels(table: DataTable) -> list[str]:
+    return [str(c.label) for c in table.ordered_columns]
+
+
+async def test_rows_header_sparklines_and_detail():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        assert table.row_count == 210
+        keys = _keys(table)
+        assert keys[:2] == ["blk.24.ffn_down.weight", "blk.5.ffn_down.weight"]  # lowest cosine first
+        assert _cell(table, keys[0], "cossim") == "0.2652"
+        assert _cell(table, keys[0], "sum") == "551.76"
+        assert _cell(table, keys[0], "rank") == "7"
+        assert _cell(table, keys[0], "channel") == "157"
+        header = str(screen.query_one("#diff-header", Static).render())
+        assert "differs: datasets ../calib/prose.txt ≠ ../calib/code.txt" in header
+        # one sparkline per kind plus the all-layers line, 30 layers each
+        lines = {s.kind: s for s in screen.query(KindSparkline)}
+        assert set(lines) == {"all layers", "attn_k", "attn_output", "attn_q", "attn_v", "ffn_down",
+                              "ffn_gate", "ffn_up"}
+        spark = lines["ffn_down"].query_one(Sparkline)
+        assert len(spark.data) == 30 and max(spark.data) == pytest.approx(1 - 0.2652168352305437)
+        assert spark.data.index(max(spark.data)) == 24
+        # the detail pane follows the cursor: both series read for the selected tensor
+        plot = screen.query_one(OverlayPlot)
+        assert plot.pair.name == "blk.24.ffn_down.weight"
+        assert plot.pair.a.shape == plot.pair.b.shape == (1536,)
+        assert plot.pair.b[157] == pytest.approx(70.2035, rel=1e-5)
+        title = str(screen.query_one("#diff-detail-title", Static).render())
+        assert "cos 0.2652" in title and "top channel 157" in title
+
+
+async def test_sort_by_key_and_header_click():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        assert _labels(table)[3] == "CosSim ▼"
+        await pilot.press("s")  # cossim -> js
+        assert screen.sort_column == "js"
+        js = [screen.report.tensor(k).js for k in _keys(table)]
+        assert js == sorted(js, reverse=True) and _keys(table)[0] == "blk.24.ffn_down.weight"
+        await pilot.press("r")
+        assert _keys(table)[0] == min(screen.report.tensors, key=lambda t: (t.js, t.name)).name
+        await pilot.press("S", "S")  # back past cossim to ratio
+        assert screen.sort_column == "ratio"
+        assert _keys(table)[0] == max(screen.report.tensors, key=lambda t: t.sum_ratio).name
+        # a click on the "Rank A" header sorts by it; a second click reverses
+        rank = table._get_column_region(5)
+        await pilot.click(DataTable, offset=(rank.x + 2, 0))
+        await pilot.pause()
+        assert screen.sort_column == "rank" and not screen.sort_reverse
+        assert [_cell(table, k, "rank") for k in _keys(table)[:3]] == ["1", "2", "3"]
+        await pilot.click(DataTable, offset=(rank.x + 2, 0))
+        await pilot.pause()
+        assert screen.sort_reverse and _cell(table, _keys(table)[0], "rank") == "210"
+
+
+async def test_filter_regex_and_substring():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        await pilot.press("slash")
+        box = screen.query_one("#diff-filter", Input)
+        assert box.has_focus and box.display
+        await pilot.press(*"ffn_down", "enter")
+        assert table.row_count == 30 and all("ffn_down" in k for k in _keys(table))
+        assert table.has_focus and not box.display
+        assert _keys(table)[0] == "blk.24.ffn_down.weight"
+        await pilot.press("slash", "ctrl+u", *r"blk\.1[0-2]\.attn_q", "enter")
+        assert _keys(table) == sorted(_keys(table), key=lambda k: screen.report.tensor(k).cossim)
+        assert set(_keys(table)) == {"blk.10.attn_q.weight", "blk.11.attn_q.weight", "blk.12.attn_q.weight"}
+        # not a valid regex: matched as plain text
+        await pilot.press("slash", "ctrl+u", *"attn_(", "enter")
+        assert table.row_count == 0
+        # escape in the filter box clears the filter (and does not close the screen)
+        await pilot.press("slash", "escape")
+        assert table.row_count == 210 and isinstance(app.screen, DiffScreen)
+
+
+async def test_jump_to_next_and_previous_most_different():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        order = [t.name for t in screen.report.most_different()]
+        assert _cursor(table) == order[0]
+        await pilot.press("n", "n")
+        assert _cursor(table) == order[2]
+        await pilot.press("N")
+        assert _cursor(table) == order[1]
+        await pilot.press("right_square_bracket")
+        assert _cursor(table) == order[2]
+        # sorted by name, the jumps still follow the cosine order, from wherever the cursor is
+        for _ in range(3):
+            await pilot.press("S")  # cossim -> ratio -> sum -> name
+        assert screen.sort_column == "name"
+        assert _keys(table)[0] == "blk.0.attn_k.weight"
+        table.move_cursor(row=0)
+        k = order.index("blk.0.attn_k.weight")
+        await pilot.press("n")
+        assert _cursor(table) == order[k + 1]
+        await pilot.press("N", "N")
+        assert _cursor(table) == order[k - 1]
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.query_one(OverlayPlot).pair.name == order[k - 1]
+        # at the most different tensor there is nothing further back
+        table.move_cursor(row=table.get_row_index(order[0]))
+        await pilot.press("N")
+        assert _cursor(table) == order[0]
+
+
+async def test_toggle_a_b_delta_values_and_detail_redraw():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        top = "blk.24.ffn_down.weight"
+        assert _labels(table)[1] == "Σ A" and _cell(table, top, "sum") == "551.76"
+        plot = screen.query_one(OverlayPlot)
+        before = plot.draws
+        await pilot.press("v")
+        assert _labels(table)[1] == "Σ B" and _cell(table, top, "sum") == "546.92"
+        assert _cell(table, top, "rank") == "6" and _cell(table, top, "top") == "70.2"
+        await pilot.press("v")
+        assert _labels(table)[1:] [:1] == ["Σ B−A"]
+        assert _cell(table, top, "sum") == "-4.84" and _cell(table, top, "rank") == "-1"
+        assert _cell(table, top, "top") == "+70.13"
+        await pilot.pause()
+        assert plot.mode == 2 and plot.draws > before
+        drawn = plot.render().plain
+        assert "B − A" in drawn and "1535" in drawn  # the Δ series and whole channel ticks
+        await pilot.press("v")
+        assert _labels(table)[1] == "Σ A"
+        # the plot is rebuilt at the new size when the terminal is resized
+        count = plot.draws
+        width = plot.size.width
+        await pilot.resize_terminal(100, 36)
+        await pilot.pause()
+        await pilot.pause()
+        assert plot.size.width < width and plot.draws > count
+        lines = plot.render().plain.splitlines()
+        assert max(len(line) for line in lines) <= plot.size.width
+
+
+async def test_missing_tensor_and_escape_closes(tmp_path):
+    im = load(PROSE).materialize()
+    del im.entries["blk.7.ffn_up.weight"]
+    b = save(im, tmp_path / "less.imatrix.gguf")
+    app = _Host(PROSE, str(b))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        assert table.row_count == 210
+        assert _cell(table, "blk.7.ffn_up.weight", "note") == "missing in B"
+        assert _keys(table)[-1] == "blk.7.ffn_up.weight"  # not comparable: after every cosine
+        table.move_cursor(row=209)
+        await pilot.press("n")  # from a row without a cosine: to the most different tensor
+        assert _cursor(table) == screen.report.most_different()[0].name
+        header = str(screen.query_one("#diff-header", Static).render())
+        assert "only in A: 1" in header and "tensors 210 ≠ 209" in header
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DiffScreen)
+
+
+async def test_bad_file_notifies_and_keeps_running(tmp_path):
+    app = _Host(PROSE, str(tmp_path / "nope.gguf"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        assert screen.report is None and "nope.gguf" in screen.error
+        assert any("nope.gguf" in n.message and n.severity == "error" for n in app._notifications)
+        assert "cannot compare" in str(screen.query_one("#diff-header", Static).render())
+        await pilot.press("n", "v", "s", "r")  # nothing to act on: no crash
+        assert app.is_running and app.screen is screen
+        await pilot.press("q")
+        assert not isinstance(app.screen, DiffScreen)
