@@ -1,0 +1,143 @@
+"""The `c` screen: is more calibration data still changing anything?
+
+Per checkpoint step, the minimum and the median over tensors of the cosine similarity between the
+previous and the new per-channel mean importance (imatui.stats.convergence), as two sparklines over
+the checkpoints so far, a table of the steps and the tensors that moved most in the last one.
+Fed by the LiveWatcher (reloads of the followed file, NAME.at_N snapshots, or snapshot files named
+on the command line); it redraws in place when the series grows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Sparkline, Static
+
+from imatui.stats.convergence import format_duration, format_rate
+
+if TYPE_CHECKING:
+    from imatui.tui.watcher import LiveWatcher
+
+# a step whose lowest cosine is below this still changes the matrix noticeably
+MOVED = 0.99
+
+
+def _cos_text(value: float | None, digits: int = 4) -> Text:
+    if value is None:
+        return Text("–", style="dim")
+    return Text(f"{value:.{digits}f}", style="bold red" if value < MOVED else "")
+
+
+class ConvergenceScreen(Screen):
+    DEFAULT_CSS = """
+    ConvergenceScreen { layout: vertical; }
+    #conv-title { height: 1; padding: 0 1; background: $boost; }
+    .conv-row { height: 1; padding: 0 1; }
+    .conv-label { width: 14; }
+    .conv-spark { width: 1fr; height: 1; }
+    .conv-value { width: 12; text-align: right; }
+    #conv-steps { height: 1fr; }
+    #conv-moved { height: auto; max-height: 9; padding: 0 1; border-top: hkey $foreground 20%; }
+    #conv-snapshots { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
+    """
+
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="convergence.close"),
+        Binding("c", "app.pop_screen", "Back", show=False, id="convergence.close_c"),
+    ]
+
+    def __init__(self, watcher: "LiveWatcher") -> None:
+        super().__init__()
+        self.watcher = watcher
+        self._ready = False  # widgets composed and the table's columns added
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="conv-title")
+        with Vertical():
+            with Horizontal(classes="conv-row"):
+                yield Static("min cos", classes="conv-label")
+                yield Sparkline([], id="conv-min", classes="conv-spark", summary_function=min)
+                yield Static(id="conv-min-value", classes="conv-value")
+            with Horizontal(classes="conv-row"):
+                yield Static("median cos", classes="conv-label")
+                yield Sparkline([], id="conv-median", classes="conv-spark", summary_function=min)
+                yield Static(id="conv-median-value", classes="conv-value")
+        yield DataTable(id="conv-steps", cursor_type="row", zebra_stripes=True)
+        yield Static(id="conv-moved")
+        yield Static(id="conv-snapshots")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#conv-steps", DataTable)
+        table.add_columns("chunks", "min cos", "median cos", "moved most", "chunks/min")
+        self._ready = True
+        self.refresh_series()
+
+    def refresh_title(self) -> None:
+        """The title line only (its "last checkpoint 12s ago" changes every second)."""
+        if not self._ready:
+            return
+        series = self.watcher.series
+        title = Text("convergence", style="bold")
+        counts = [c.chunk_count for c in series.checkpoints]
+        if counts:
+            title.append(f"  checkpoints at {', '.join(map(str, counts))} chunks")
+        rate = series.chunks_per_minute()
+        if rate is not None:
+            title.append(f" · {format_rate(rate)}")
+        ago = series.since_last()
+        if ago is not None and self.watcher.status:
+            title.append(f" · last {format_duration(ago)} ago")
+        if len(counts) < 2:
+            title.append("  (needs two checkpoints)", style="dim")
+        self.query_one("#conv-title", Static).update(title)
+
+    def refresh_series(self) -> None:
+        """Redraw from the watcher's series (called again by the watcher whenever it grows)."""
+        if not self._ready:
+            return
+        self.refresh_title()
+        series = self.watcher.series
+        steps = series.steps
+
+        mins = series.mins()
+        medians = series.medians()
+        self.query_one("#conv-min", Sparkline).data = mins
+        self.query_one("#conv-median", Sparkline).data = medians
+        self.query_one("#conv-min-value", Static).update(_cos_text(mins[-1] if mins else None))
+        self.query_one("#conv-median-value", Static).update(_cos_text(medians[-1] if medians else None, 5))
+
+        table = self.query_one("#conv-steps", DataTable)
+        table.clear()
+        for step in steps:
+            table.add_row(
+                f"{step.from_chunks}→{step.to_chunks}",
+                _cos_text(step.min),
+                _cos_text(step.median, 5),
+                step.min_tensor or "–",
+                format_rate(step.chunks_per_minute),
+                key=f"{step.from_chunks}-{step.to_chunks}",
+            )
+        if steps:
+            table.move_cursor(row=len(steps) - 1)
+
+        moved = Text()
+        if steps:
+            last = steps[-1]
+            moved.append(f"moved most, {last.from_chunks}→{last.to_chunks} chunks:\n", style="bold")
+            for name, cos in last.most_moved:
+                moved.append(f"  {name:<32} ", style="bold red" if cos < MOVED else "bold")
+                moved.append_text(_cos_text(cos, 5))
+                moved.append(f"   1−cos {1 - cos:.2e}\n")
+        else:
+            moved.append("no step yet: the series needs two checkpoints of the same collection", style="dim")
+        self.query_one("#conv-moved", Static).update(moved)
+
+        snaps = sorted(self.watcher.snapshots.items(), key=lambda kv: kv[1])
+        self.query_one("#conv-snapshots", Static).update(
+            "snapshots: " + ", ".join(p.name for p, _ in snaps) if snaps else "")

@@ -1,0 +1,119 @@
+"""The LiveWatcher worker inside a small host App (the real app's wiring is in test_live_app.py).
+
+The host records every DataLoaded it receives, so the test can check that no statistics of a partial
+file ever reached the screen, and shows the chunk count the way a table would.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import Static
+
+from conftest import FIXTURES
+from imatui.tui.messages import DataLoaded, LoadFailed
+from imatui.tui.screens.convergence import ConvergenceScreen
+from imatui.tui.watcher import DELETED, LIVE, LiveWatcher
+from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
+
+
+class Host(App[None]):
+    chunk_size = 512
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.reports: list = []
+        self.failures: list[str] = []
+        self.statuses: list[str] = []
+        self.watcher = LiveWatcher(self)
+
+    def compose(self) -> ComposeResult:
+        yield Static("no data", id="chunks")
+        yield Static("", id="live")
+
+    def on_mount(self) -> None:
+        self.watcher.follow(str(self.path))
+
+    def set_live_status(self, text: str) -> None:
+        self.statuses.append(text)
+        self.query_one("#live", Static).update(text)
+
+    def on_data_loaded(self, message: DataLoaded) -> None:
+        self.reports.append(message.report)
+        self.query_one("#chunks", Static).update(f"chunks {message.report.chunk_count}")
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        self.failures.append(message.message)
+
+
+async def _wait(pilot, condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("writer", [write_in_place, write_atomic], ids=["in-place", "atomic-rename"])
+async def test_watcher_posts_every_checkpoint_and_nothing_partial(tmp_path, writer):
+    path = tmp_path / "live.imatrix.gguf"
+    app = Host(path)
+    replay = Replay(path, writer, delete_at_end=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _wait(pilot, lambda: app.watcher.status.startswith("waiting for"))
+        assert app.query_one("#live", Static).content == "waiting for live.imatrix.gguf"
+        replay.started.set()
+        replay.start()
+        seen = []
+        for n in CHUNKS:
+            await _wait(pilot, lambda: app.reports and app.reports[-1].chunk_count == n)
+            assert str(app.query_one("#chunks", Static).content) == f"chunks {n}"
+            seen.append(n)
+            replay.shown[n].set()
+        await _wait(pilot, lambda: app.watcher.status == DELETED)
+        assert app.query_one("#live", Static).content == DELETED
+        assert str(app.query_one("#chunks", Static).content) == "chunks 40"  # the last data stays
+    replay.join(5)
+    assert seen == [10, 20, 30, 40]
+    assert [r.chunk_count for r in app.reports] == [10, 20, 30, 40]
+    # every report is of a complete file: all 210 tensors, the fixture's exact Σ for one of them
+    assert all(len(r.tensors) == 210 for r in app.reports)
+    assert app.failures == []
+    if writer is write_in_place:
+        assert "writing…" in app.statuses
+    assert [c.chunk_count for c in app.watcher.series.checkpoints] == [10, 20, 30, 40]
+    assert app.watcher.series.mins()[0] == pytest.approx(0.9854764779437304, abs=1e-12)
+
+
+async def test_convergence_screen_from_snapshots_grows_when_one_lands(tmp_path):
+    path = tmp_path / "p.imatrix.gguf"
+    path.write_bytes(SNAPSHOTS[30].read_bytes())
+    for n in (10, 20):  # snapshots already there when the viewer starts
+        (tmp_path / f"p.imatrix.gguf.at_{n}").write_bytes(SNAPSHOTS[n].read_bytes())
+    app = Host(path)
+    async with app.run_test(size=(110, 30)) as pilot:
+        await _wait(pilot, lambda: len(app.watcher.series) == 3 and app.watcher.status == LIVE)
+        screen = ConvergenceScreen(app.watcher)
+        await app.push_screen(screen)
+        await pilot.pause()
+        assert "checkpoints at 10, 20, 30 chunks" in str(screen.query_one("#conv-title", Static).content)
+        table = screen.query_one("#conv-steps")
+        assert table.row_count == 2
+        assert [str(c) for c in table.get_row_at(0)[:2]] == ["10→20", "0.9855"]
+        # a new snapshot lands while the screen is open: noticed, loaded, and the screen grows
+        (tmp_path / "p.imatrix.gguf.at_40").write_bytes(SNAPSHOTS[40].read_bytes())
+        await _wait(pilot, lambda: table.row_count == 3)
+        assert "checkpoints at 10, 20, 30, 40 chunks" in str(screen.query_one("#conv-title", Static).content)
+        assert str(table.get_row_at(2)[3]) == "blk.27.ffn_down.weight"
+        moved = str(screen.query_one("#conv-moved", Static).content)
+        assert "blk.27.ffn_down.weight" in moved and "0.98194" in moved
+        assert "p.imatrix.gguf.at_40" in str(screen.query_one("#conv-snapshots", Static).content)
+        assert screen.query_one("#conv-min").data == pytest.approx(
+            [0.9854764779437304, 0.9962194323634926, 0.9819378560855336])
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ConvergenceScreen)
+    assert app.failures == []
