@@ -85,7 +85,11 @@ def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
             exc, (IndexError, OverflowError)
         ):
             raise TruncatedError(f"the GGUF file is truncated or damaged ({msg})", path) from None
-        raise FormatError(f"cannot parse GGUF ({msg})", path) from None
+        if "version" in msg:
+            raise FormatError(f"cannot parse GGUF ({msg})", path) from None
+        # any other failure of gguf-py's parser on a file with the GGUF magic: a damaged header (a
+        # short file makes numpy reinterpret a slice of the wrong size, "changing to a larger dtype")
+        raise TruncatedError(f"the GGUF header is truncated or damaged ({msg})", path) from None
 
     fields = reader.fields
     gtype = _field_value(fields["general.type"]) if "general.type" in fields else None
@@ -143,8 +147,9 @@ def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
                                path)
         n_mat = nc
         n_in = n2 // nc
-        if len(ne2) >= 2 and int(np.prod(ne2[1:])) != n_mat:
-            raise CorruptError(f"tensor {name}: in_sum2 has {int(np.prod(ne2[1:]))} rows but {nc} counts",
+        rows = int(np.prod(ne2[1:])) if len(ne2) >= 2 else 1  # a 1-D in_sum2 is one matrix
+        if rows != n_mat:
+            raise CorruptError(f"tensor {name}: in_sum2 has {rows} rows but {nc} counts",
                                path)
         counts = np.array(tc.data, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):

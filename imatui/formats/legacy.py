@@ -88,6 +88,8 @@ def read_legacy(path: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Imatr
             if 0 <= n <= size - pos:
                 datasets.append(data[pos : pos + n].decode("utf-8", errors="replace"))
                 pos += n
+            elif n > size - pos:
+                raise TruncatedError("the file ends inside the dataset name at its end", path)
     if pos != size:
         raise FormatError(f"not a legacy imatrix: {size - pos} unexpected bytes after the last entry", path)
     return Imatrix(

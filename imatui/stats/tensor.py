@@ -171,6 +171,11 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
     n_mat, n_in = sums2.shape
     raw = np.ascontiguousarray(sums2, dtype=_F32).reshape(-1)
     layer, kind = split_name(name)
+    # a float64 sum of float32 values cannot overflow: it is non-finite only if some value is NaN or
+    # Inf (also in the rows of unused experts, which the statistics skip but a quantizer would read)
+    if not math.isfinite(float(raw.sum(dtype=np.float64))):
+        bad = int(np.count_nonzero(~np.isfinite(raw)))
+        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
     live = counts > 0
     n_live = int(live.sum())
 
@@ -191,9 +196,6 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
         rows = sums2[live]
         cnt = counts[live].astype(_F32)
     vals = (np.asarray(rows, dtype=_F32) / cnt[:, None]).astype(_F32, copy=False).reshape(-1)
-    if not np.all(np.isfinite(vals)):
-        bad = int(np.count_nonzero(~np.isfinite(vals)))
-        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
     vmin = _F32(vals.min())
     if vmin < 0:
         raise CorruptError(f"tensor {name} has negative sums of squares (min {float(vmin):g})", path)
@@ -204,6 +206,10 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
     mean = _F32(total / nf)
     sq = vals * vals
     sqr_total = _seqsum(sq)
+    if not (np.isfinite(total) and np.isfinite(sqr_total)):
+        # finite values whose float32 sums overflow: llama.cpp would print inf; no real imatrix has them
+        raise CorruptError(f"tensor {name} has values too large for float32 statistics "
+                           f"(max {float(vmax):g}: their sums overflow to Inf)", path)
     var = _F32(_F32(sqr_total / nf) - _F32(mean * mean))
     dev = _F32(np.sqrt(max(_F32(0.0), var)))
     inactive = int(np.count_nonzero(np.abs(vals) <= ACTIVE_THRESHOLD))
@@ -314,7 +320,8 @@ def compute_stats(
         prev = None
         if template == prev_template and prev_layer is not None and blk == prev_layer + 1:
             prev = prev_state
-        ts, reason, state = _tensor_stats(name, e.sums2, e.counts, e.sums, prev, path)
+        with np.errstate(all="ignore"):  # overflow is checked and reported, never warned about
+            ts, reason, state = _tensor_stats(name, e.sums2, e.counts, e.sums, prev, path)
         if ts is None:
             skipped.append(SkippedTensor(name, reason or "skipped"))
         else:
