@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Input, Sparkline, Static
 
 from imatui.formats import load
 from imatui.formats.write import save
-from imatui.tui.screens.diff import DiffScreen, KindSparkline, OverlayPlot
+from imatui.tui.screens.diff import DiffScreen, KindSparkline, OverlayPlot, layer_columns
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROSE = str(FIXTURES / "smollm2-prose.imatrix.gguf")
@@ -85,6 +85,11 @@ async def test_rows_header_sparklines_and_detail():
         assert plot.pair.b[157] == pytest.approx(70.2035, rel=1e-5)
         title = str(screen.query_one("#diff-detail-title", Static).render())
         assert "cos 0.2652" in title and "top channel 157" in title
+        # the sparklines point at the selected tensor: its kind's row and a caret at its layer
+        assert [r.kind for r in screen.query(KindSparkline) if r.has_class("-selected")] == ["ffn_down"]
+        caret = str(screen.query_one("#diff-caret", Static).render())
+        assert caret.endswith("▲ layer 24")
+        assert caret.index("▲") - 12 in layer_columns(30, spark.size.width, 24)
 
 
 async def test_sort_by_key_and_header_click():
@@ -220,6 +225,36 @@ async def test_missing_tensor_and_escape_closes(tmp_path):
         assert "only in A: 1" in header and "tensors 210 ≠ 209" in header
         await pilot.press("escape")
         assert not isinstance(app.screen, DiffScreen)
+
+
+async def test_swap_a_and_b():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        await pilot.press("x")
+        await _ready(pilot)
+        header = str(screen.query_one("#diff-header", Static).render())
+        assert header.startswith("A: " + CODE) and "differs: datasets ../calib/code.txt ≠ ../calib/prose.txt" in header
+        top = "blk.24.ffn_down.weight"
+        assert _cursor(table) == top
+        assert _cell(table, top, "sum") == "546.92" and _cell(table, top, "rank") == "6"
+        assert _cell(table, top, "ratio") == "1.009"
+        assert screen.query_one(OverlayPlot).pair.a[157] == pytest.approx(70.2035, rel=1e-5)
+
+
+async def test_identical_files_draw_flat_sparklines():
+    app = _Host(PROSE, str(FIXTURES / "smollm2-prose.imatrix.dat"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        rows = list(screen.query(KindSparkline))
+        assert len(rows) == 8
+        for row in rows:
+            drawn = row.query_one(Sparkline).render()
+            text = "".join(seg.text for seg in drawn.__rich_console__(app.console, app.console.options))
+            assert set(text) == {"▁"}, row.kind  # 1 − cos ~ 1e-15 is no difference at all
+        header = str(screen.query_one("#diff-header", Static).render())
+        assert "same chunk size, chunk count and datasets" in header
 
 
 async def test_bad_file_notifies_and_keeps_running(tmp_path):

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.renderables._blend_colors import blend_colors
+from textual.renderables.sparkline import Sparkline as SparklineRenderable
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
@@ -213,10 +218,8 @@ class OverlayPlot(Widget):
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
-        series = [(xa, ya, self.labels[0]), (xb, yb, self.labels[1])]
-        if self.mode == 0:  # the side being looked at is drawn last, on top
-            series.reverse()
-        for xs, ys, label in series:
+        # always A first: each side keeps its colour whichever values the table shows
+        for xs, ys, label in ((xa, ya, self.labels[0]), (xb, yb, self.labels[1])):
             fig.draw(fig.signal(xs, ys).label(label).lines(True))
         positive = min(min(ya), min(yb)) > 0
         if positive:
@@ -233,32 +236,126 @@ class OverlayPlot(Widget):
         fig.ruler(0).ticks(positions, [str(p) for p in positions])
 
 
+class _FixedScaleRenderable(SparklineRenderable):
+    """Textual's sparkline drawn on a fixed 0..top scale instead of its data's own min..max, so that
+    rows of different kinds compare, and 1e-15 of float noise between identical files stays flat."""
+
+    def __init__(self, data, *, top: float, **kwargs) -> None:
+        super().__init__(data, **kwargs)
+        self.top = top
+
+    def __rich_console__(self, console, options):
+        width = self.width or options.max_width
+        buckets = list(self._buckets(list(self.data), num_buckets=width)) if self.data else []
+        if not buckets:
+            yield Segment(" " * width)
+            return
+        low, high = self.min_color.color, self.max_color.color
+        step = len(buckets) / width
+        for column in range(width):
+            value = self.summary_function(buckets[int(column * step)])
+            ratio = min(1.0, max(0.0, value / self.top))
+            bar = self.BARS[min(len(self.BARS) - 1, int(ratio * len(self.BARS)))]
+            yield Segment(bar, Style.from_color(blend_colors(low, high, ratio)))
+
+
+class FixedScaleSparkline(Sparkline):
+    """A Sparkline (same CSS, same bucketing) whose bars share one absolute scale."""
+
+    def __init__(self, data: list[float], top: float, **kwargs) -> None:
+        super().__init__(data, **kwargs)
+        self.top = top
+
+    def on_resize(self) -> None:
+        # the caret under the sparklines is placed by their width: known only once laid out
+        for caret in self.screen.query(LayerCaret):
+            caret.refresh_caret()
+
+    def render(self):
+        renderable = super().render()
+        return _FixedScaleRenderable(renderable.data, top=self.top, width=renderable.width,
+                                     height=1, min_color=renderable.min_color.color,
+                                     max_color=renderable.max_color.color,
+                                     summary_function=renderable.summary_function)
+
+
+def layer_columns(n_layers: int, width: int, layer: int) -> list[int]:
+    """The columns where a Sparkline of n_layers points at `width` draws `layer` (its bucketing)."""
+    if n_layers <= 0 or width <= 0 or not 0 <= layer < n_layers:
+        return []
+    buckets = [[i for i in range(int(Fraction(n_layers, width) * b), int(Fraction(n_layers, width) * (b + 1)))]
+               for b in range(width)]
+    buckets = [b for b in buckets if b]
+    step = len(buckets) / width
+    return [c for c in range(width) if layer in buckets[int(c * step)]]
+
+
+def dissimilarity(cosines: list[float | None]) -> list[float]:
+    # a layer without a comparable tensor draws as no difference; the "min" label says where it is
+    return [0.0 if c is None else max(0.0, 1.0 - c) for c in cosines]
+
+
 class KindSparkline(Horizontal):
     """kind label, a Sparkline of 1 − cosine over the layers, and where the kind differs most."""
 
     DEFAULT_CSS = """
     KindSparkline { height: 1; }
     KindSparkline > .kind { width: 12; color: $text-muted; }
+    KindSparkline.-selected > .kind { color: $accent; text-style: bold; }
     KindSparkline > Sparkline { width: 1fr; height: 1; }
     KindSparkline > .worst { width: 16; padding-left: 1; }
     """
 
-    def __init__(self, kind: str, cosines: list[float | None], **kwargs) -> None:
+    def __init__(self, kind: str, cosines: list[float | None], top: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.kind = kind
         self.cosines = cosines
+        self.top = top
 
     @property
     def data(self) -> list[float]:
-        # a layer without a comparable tensor draws as no difference; the "worst" label says more
-        return [0.0 if c is None else max(0.0, 1.0 - c) for c in self.cosines]
+        return dissimilarity(self.cosines)
 
     def compose(self) -> ComposeResult:
         yield Label(self.kind, classes="kind")
-        yield Sparkline(self.data, summary_function=max)
+        yield FixedScaleSparkline(self.data, self.top, summary_function=max)
         known = [(c, i) for i, c in enumerate(self.cosines) if c is not None]
         worst = f"min {min(known)[0]:.3f} @{min(known)[1]}" if known else "—"
         yield Label(worst, classes="worst")
+
+
+class LayerCaret(Static):
+    """A caret under the sparklines at the selected tensor's layer."""
+
+    DEFAULT_CSS = "LayerCaret { height: 1; color: $accent; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.n_layers = 0
+        self.at_layer: int | None = None
+        self.label_width = 12  # the kind label's width
+
+    def point(self, n_layers: int, layer: int | None) -> None:
+        self.n_layers, self.at_layer = n_layers, layer
+        self.refresh_caret()
+
+    def on_resize(self) -> None:
+        self.refresh_caret()
+
+    def refresh_caret(self) -> None:
+        sparks = list(self.screen.query(FixedScaleSparkline)) if self.is_mounted else []
+        spark = sparks[0] if sparks else None
+        if self.at_layer is None or spark is None or spark.size.width == 0:
+            self.update("")
+            return
+        columns = layer_columns(self.n_layers, spark.size.width, self.at_layer)
+        if not columns:
+            self.update("")
+            return
+        line = [" "] * (self.label_width + spark.size.width)
+        for c in columns:
+            line[self.label_width + c] = "▲"
+        self.update("".join(line).rstrip() + f" layer {self.at_layer}")
 
 
 # --- the screen -----------------------------------------------------------------------------------
@@ -295,6 +392,7 @@ class DiffScreen(Screen):
         Binding("S", "cycle_sort(-1)", "Sort back", show=False, id="diff.sort_back",
                 tooltip="Sort by the previous column"),
         Binding("r", "reverse_sort", "Reverse", id="diff.reverse", tooltip="Reverse the sort order"),
+        Binding("x", "swap", "Swap A/B", id="diff.swap", tooltip="Swap A and B and compare again"),
         Binding("slash", "filter", "Filter", id="diff.filter",
                 tooltip="Show only tensors whose name matches (regex, or plain text)"),
     ]
@@ -323,7 +421,7 @@ class DiffScreen(Screen):
         yield Static("", id="diff-status")
         with Horizontal(id="diff-bottom"):
             yield Vertical(Label("1 − cosine per layer (higher: A and B disagree)", classes="title"),
-                           id="diff-sparks")
+                           LayerCaret(id="diff-caret"), id="diff-sparks")
             with Vertical(id="diff-detail"):
                 yield Static("", id="diff-detail-title")
                 yield OverlayPlot(id="diff-plot")
@@ -394,6 +492,9 @@ class DiffScreen(Screen):
         table.loading = False
         self._populate()
         table.focus()
+        name = self._cursor_name()
+        if name is not None:
+            self._select(name)  # a new report (after a swap): same tensor, new numbers
 
     @on(DiffChannels)
     def _on_channels(self, message: DiffChannels) -> None:
@@ -423,9 +524,11 @@ class DiffScreen(Screen):
         for old in box.query(KindSparkline):
             old.remove()
         report = self.report
-        rows = [KindSparkline("all layers", [lay.cossim for lay in report.layers], id="spark-all")]
-        rows += [KindSparkline(kind, cos, id=f"spark-{kind}") for kind, cos in report.by_kind.items()]
-        box.mount_all(rows)
+        # one scale for every row (the largest 1 − cos), at least 0.001 so that float noise stays flat
+        series = {"all layers": [lay.cossim for lay in report.layers], **report.by_kind}
+        top = max([1e-3] + [d for cos in series.values() for d in dissimilarity(cos)])
+        rows = [KindSparkline(kind, cos, top) for kind, cos in series.items()]
+        box.mount_all(rows, before=box.query_one(LayerCaret))
 
     # --- the table --------------------------------------------------------------------------------
 
@@ -495,8 +598,15 @@ class DiffScreen(Screen):
         name = event.row_key.value
         if name == self.selected and self.query_one(OverlayPlot).pair is not None:
             return
+        self._select(name)
+
+    def _select(self, name: str) -> None:
         self.selected = name
-        self._show_detail(self.report.tensor(name))
+        t = self.report.tensor(name)
+        self._show_detail(t)
+        for row in self.query(KindSparkline):
+            row.set_class(row.kind == t.kind, "-selected")
+        self.query_one(LayerCaret).point(len(self.report.layers), t.layer)
 
     @on(DataTable.HeaderSelected, "#diff-table")
     def _on_header(self, event: DataTable.HeaderSelected) -> None:
@@ -565,6 +675,11 @@ class DiffScreen(Screen):
         table.move_cursor(row=table.get_row_index(name), animate=False)
         t = self.report.tensor(name)
         self.notify(f"#{i + 1} most different: {name} (cos {t.cossim:.4f})", timeout=2)
+
+    def action_swap(self) -> None:
+        self.a_path, self.b_path = self.b_path, self.a_path
+        self.query_one(DataTable).loading = True
+        self._compute()
 
     def action_toggle_values(self) -> None:
         if self.report is None:
