@@ -120,10 +120,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# the fields scripts rely on come first in every tensor object, in this order; extras follow
+JSON_TENSOR_FIELDS = ["name", "layer", "kind", "sum", "min", "max", "mean", "std", "active", "n", "entropy",
+                      "entropy_norm", "zd", "cossim"]
+
+
+def _tensor_json(t: TensorStats) -> dict[str, Any]:
+    d = t.to_dict()
+    out = {k: d.pop(k) for k in JSON_TENSOR_FIELDS}
+    out.update(d)
+    return out
+
+
 def format_json(report: StatsReport, *, sort: str | None = None, reverse: bool = False) -> str:
     data = report.to_dict()
-    if sort:
-        data["tensors"] = [t.to_dict() for t in sort_tensors(report.tensors, sort, reverse)]
+    data["tensors"] = [_tensor_json(t) for t in sort_tensors(report.tensors, sort, reverse)]
     return json.dumps(_clean(data), indent=1, ensure_ascii=False) + "\n"
 
 
