@@ -1,0 +1,318 @@
+"""Forward hooks that accumulate llama-imatrix's statistics on the device.
+
+Per GGUF weight: in_sum2 (sum over tokens of the squared input, per input channel), in_sum (sum of the
+inputs) and counts (tokens per matrix; a 3-D input (batch, seq, n_in) counts batch*seq tokens). They are
+kept in float32 on the device the input lives on and flushed to float64 numpy on the host by `flush()`
+(at checkpoints), so a step never waits for a device-to-host copy.
+
+What is hooked, inside the decoder blocks only (plus `lm_head` with process_output):
+- every nn.Linear (attention, MLP, shared experts, routers/gates that are Linears), and router modules
+  holding a 2-D `weight` (transformers 5's TopKRouter);
+- per-expert Linears of older layouts (`experts.3.w1`): their tokens go to row 3 of the merged tensor;
+- transformers 5's fused experts modules (3-D `gate_up_proj` / `down_proj`): the pre-hook sees the
+  routing (top_k_index), so per-expert sums of the input are one matmul with the routing mask; the
+  down projection's input (act(gate) * up per expert) is not visible from outside, so the hook
+  recomputes it for the experts hit (about +2/3 of the MoE FFN's cost while collecting).
+A layer whose module name gguf's tables cannot map is listed in `unmapped`, never dropped silently.
+
+Layer similarity (ik_llama.cpp's --layer-similarity): per block, the cosine similarity between the
+block's input and output hidden state of every token, summed on the device; `flush()` returns the sums
+and token counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from imatui.collect.names import NameMapper
+
+
+@dataclass
+class Accumulator:
+    """One GGUF weight's sums since the last flush (device) and its shape."""
+
+    name: str
+    n_mat: int
+    n_in: int
+    sums2: torch.Tensor | None = None  # (n_mat, n_in) float32 on the input's device, made on first use
+    sums: torch.Tensor | None = None
+    host_counts: np.ndarray = field(default=None)  # tokens known from shapes (no device sync)
+    dev_counts: torch.Tensor | None = None  # tokens from routing decisions (int64, on the device)
+
+    def __post_init__(self) -> None:
+        if self.host_counts is None:
+            self.host_counts = np.zeros(self.n_mat, dtype=np.int64)
+
+    def _buffers(self, device: torch.device) -> None:
+        if self.sums2 is None:
+            self.sums2 = torch.zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
+            self.sums = torch.zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
+
+    def add_rows(self, row: int, sq: torch.Tensor, s: torch.Tensor, n_tokens: int) -> None:
+        self._buffers(sq.device)
+        self.sums2[row].add_(sq)
+        self.sums[row].add_(s)
+        self.host_counts[row] += n_tokens
+
+    def add_experts(self, sq: torch.Tensor, s: torch.Tensor, counts: torch.Tensor) -> None:
+        self._buffers(sq.device)
+        self.sums2.add_(sq)
+        self.sums.add_(s)
+        if self.dev_counts is None:
+            self.dev_counts = torch.zeros(self.n_mat, dtype=torch.int64, device=counts.device)
+        self.dev_counts.add_(counts)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sums2 float64, sums float64, counts float64) since the last take; resets to zero."""
+        if self.sums2 is None:
+            z = np.zeros((self.n_mat, self.n_in))
+            sums2, sums = z, z.copy()
+        else:
+            sums2 = self.sums2.double().cpu().numpy()
+            sums = self.sums.double().cpu().numpy()
+            self.sums2.zero_()
+            self.sums.zero_()
+        counts = self.host_counts.astype(np.float64)
+        self.host_counts[:] = 0
+        if self.dev_counts is not None:
+            counts = counts + self.dev_counts.cpu().numpy().astype(np.float64)
+            self.dev_counts.zero_()
+        return sums2, sums, counts
+
+
+def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel (sum of squares, sum) in float32 over every token of x (..., n_in), and the token count."""
+    flat = x.detach().reshape(-1, x.shape[-1])
+    xf = flat if flat.dtype == torch.float32 else flat.float()
+    return xf.square().sum(0), xf.sum(0), flat.shape[0]
+
+
+def find_blocks(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList] | None:
+    """The ModuleList of decoder blocks: the longest one (of length num_hidden_layers when known)."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if n_layers and len(module) == n_layers and ".experts" not in name and "experts" != name:
+                if best is None or len(name) < len(best[0]) or len(best[1]) != n_layers:
+                    best = (name, module)
+            elif best is None or (len(module) > len(best[1]) and len(best[1]) != n_layers):
+                best = (name, module)
+    return best
+
+
+def _is_fused_experts(module: nn.Module) -> bool:
+    w = getattr(module, "down_proj", None)
+    return isinstance(w, nn.Parameter) and w.dim() == 3 and (
+        isinstance(getattr(module, "gate_up_proj", None), nn.Parameter)
+        or isinstance(getattr(module, "up_proj", None), nn.Parameter))
+
+
+def _is_router(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return (not isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)) and isinstance(w, nn.Parameter)
+            and w.dim() == 2 and "norm" not in type(module).__name__.lower())
+
+
+class Collector:
+    """Hooks one model; `flush()` hands back what was accumulated since the last flush."""
+
+    def __init__(self, model: nn.Module, *, process_output: bool = False, layer_similarity: bool = True):
+        config = model.config
+        n_layers = getattr(config, "num_hidden_layers", None)
+        found = find_blocks(model, n_layers)
+        if found is None:
+            raise ValueError("found no decoder blocks (no nn.ModuleList of layers) in this model")
+        self.blocks_name, self.blocks = found
+        self.n_blocks = len(self.blocks)
+        self.mapper = NameMapper(getattr(config, "model_type", ""), self.n_blocks)
+        self.accumulators: dict[str, Accumulator] = {}
+        self.unmapped: list[str] = []
+        self.unsupported: list[str] = []
+        self._handles: list = []
+        self._last: tuple | None = None  # (input tensor, its sums): q/k/v and gate/up share one input
+        self._sim_sum: torch.Tensor | None = None
+        self._sim_tokens: torch.Tensor | None = None
+        self.layer_similarity = layer_similarity
+
+        covered: set[str] = set()
+        for bi, block in enumerate(self.blocks):
+            prefix = f"{self.blocks_name}.{bi}"
+            for sub, module in block.named_modules():
+                full = f"{prefix}.{sub}" if sub else prefix
+                if any(full.startswith(c + ".") for c in covered):
+                    continue
+                if _is_fused_experts(module):
+                    covered.add(full)
+                    self._hook_fused_experts(full, module)
+                elif isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+                    self._hook_linear(full, module)
+                elif _is_router(module):
+                    self._hook_linear(full, module)
+            if layer_similarity:
+                self._handles.append(block.register_forward_hook(self._similarity_hook(bi), with_kwargs=True))
+        if process_output:
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            if head is None:
+                self.unmapped.append("lm_head (the model has no output head)")
+            else:
+                acc = self._accumulator("output.weight", 1, head.weight.shape[1])
+                self._handles.append(head.register_forward_pre_hook(self._dense_hook(acc, 0)))
+
+    # -- registration ---------------------------------------------------------------------------
+    def _accumulator(self, name: str, n_mat: int, n_in: int) -> Accumulator:
+        acc = self.accumulators.get(name)
+        if acc is None:
+            acc = self.accumulators[name] = Accumulator(name, n_mat, n_in)
+        elif acc.n_in != n_in:
+            raise ValueError(f"{name}: inputs of {n_in} and {acc.n_in} channels map to one GGUF tensor")
+        elif n_mat > acc.n_mat:
+            acc.n_mat = n_mat
+            acc.host_counts = np.zeros(n_mat, dtype=np.int64)
+        return acc
+
+    def _hook_linear(self, full: str, module: nn.Module) -> None:
+        target = self.mapper.dense(full)
+        if target is None:
+            self.unmapped.append(full)
+            return
+        # transformers' Conv1D (GPT-2 family) stores its weight as (n_in, n_out)
+        n_in = module.weight.shape[0] if type(module).__name__ == "Conv1D" else module.weight.shape[1]
+        n_mat = 1
+        if target.expert is not None:
+            n_mat = self._n_experts_hint(full, target.expert)
+        acc = self._accumulator(target.name, n_mat, n_in)
+        self._handles.append(module.register_forward_pre_hook(self._dense_hook(acc, target.expert or 0)))
+
+    def _n_experts_hint(self, full: str, expert: int) -> int:
+        head = full[: full.index(".experts.") + len(".experts")]
+        for bi, block in enumerate(self.blocks):
+            prefix = f"{self.blocks_name}.{bi}."
+            if head.startswith(prefix):
+                try:
+                    return len(block.get_submodule(head[len(prefix):]))
+                except (AttributeError, TypeError):
+                    break
+        return expert + 1
+
+    def _hook_fused_experts(self, full: str, module: nn.Module) -> None:
+        names = self.mapper.fused_experts(full)
+        has_gate = bool(getattr(module, "has_gate", hasattr(module, "gate_up_proj")))
+        if names is None:
+            self.unmapped.append(full)
+            return
+        if not hasattr(module, "num_experts") or (has_gate and not hasattr(module, "_apply_gate")
+                                                  and not hasattr(module, "act_fn")):
+            self.unsupported.append(full)
+            return
+        gate_name, up_name, down_name = names
+        n_exp = int(module.num_experts)
+        down = module.down_proj
+        transposed = bool(getattr(module, "is_transposed", False))
+        n_in_down = down.shape[1] if transposed else down.shape[2]
+        n_hidden = down.shape[2] if transposed else down.shape[1]
+        accs = [self._accumulator(up_name, n_exp, n_hidden)]
+        if has_gate:
+            accs.insert(0, self._accumulator(gate_name, n_exp, n_hidden))
+        acc_down = self._accumulator(down_name, n_exp, n_in_down)
+        self._handles.append(module.register_forward_pre_hook(
+            self._experts_hook(accs, acc_down, has_gate, transposed), with_kwargs=True))
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _input_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        last = self._last
+        if last is not None and last[0] is x:
+            return last[1]
+        result = _sums(x)
+        self._last = (x, result)
+        return result
+
+    def _dense_hook(self, acc: Accumulator, row: int):
+        def hook(module, args):
+            x = args[0]
+            sq, s, n = self._input_sums(x)
+            acc.add_rows(row, sq, s, n)
+        return hook
+
+    def _experts_hook(self, accs: list[Accumulator], acc_down: Accumulator, has_gate: bool, transposed: bool):
+        def hook(module, args, kwargs):
+            names = ("hidden_states", "top_k_index", "top_k_weights")
+            vals = list(args) + [kwargs.get(k) for k in names[len(args):]]
+            hidden, top_k_index = vals[0], vals[1]
+            n_exp = int(module.num_experts)
+            x = hidden.detach().reshape(-1, hidden.shape[-1])
+            idx = top_k_index.reshape(x.shape[0], -1)
+            # one row per token, a 1 for every expert that token was routed to (sentinels >= n_exp dropped)
+            mask = torch.zeros(x.shape[0], n_exp + 1, dtype=torch.float32, device=x.device)
+            mask.scatter_(1, idx.clamp(max=n_exp).long(), 1.0)
+            mask = mask[:, :n_exp]
+            xf = x.float()
+            sq = mask.t() @ xf.square()
+            s = mask.t() @ xf
+            counts = mask.sum(0).long()
+            for acc in accs:
+                acc.add_experts(sq, s, counts)
+            # the down projection's input, act(gate) * up, recomputed for the experts hit
+            hit = torch.nonzero(counts).flatten().tolist()
+            sq_d = torch.zeros(n_exp, acc_down.n_in, dtype=torch.float32, device=x.device)
+            s_d = torch.zeros_like(sq_d)
+            with torch.no_grad():
+                for e in hit:
+                    tokens = torch.nonzero(mask[:, e]).flatten()
+                    xe = x[tokens]
+                    w = module.gate_up_proj[e] if has_gate else module.up_proj[e]
+                    h = xe @ w if transposed else nn.functional.linear(xe, w)
+                    bias_name = "gate_up_proj_bias" if has_gate else "up_proj_bias"
+                    if getattr(module, "has_bias", False) and getattr(module, bias_name, None) is not None:
+                        h = h + getattr(module, bias_name)[e]
+                    if has_gate:
+                        h = module._apply_gate(h) if hasattr(module, "_apply_gate") else \
+                            (lambda g, u: module.act_fn(g) * u)(*h.chunk(2, dim=-1))
+                    else:
+                        h = module.act_fn(h)
+                    hf = h.float()
+                    sq_d[e] = hf.square().sum(0)
+                    s_d[e] = hf.sum(0)
+            acc_down.add_experts(sq_d, s_d, counts)
+        return hook
+
+    def _similarity_hook(self, index: int):
+        def hook(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs.get("hidden_states")
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(h_in, torch.Tensor) or not isinstance(h_out, torch.Tensor) \
+                    or h_in.shape != h_out.shape:
+                return
+            cos = nn.functional.cosine_similarity(h_in.detach().float(), h_out.detach().float(), dim=-1)
+            if self._sim_sum is None or self._sim_sum.device != cos.device:
+                self._sim_sum = torch.zeros(self.n_blocks, dtype=torch.float64, device=cos.device)
+                self._sim_tokens = torch.zeros(self.n_blocks, dtype=torch.int64, device=cos.device)
+            self._sim_sum[index] += cos.double().sum()
+            self._sim_tokens[index] += cos.numel()
+        return hook
+
+    # -- results --------------------------------------------------------------------------------
+    def end_step(self) -> None:
+        """Drop the reference to the last input (called after each forward pass)."""
+        self._last = None
+
+    def flush(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+        """({name: (sums2, sums, counts)}, similarity sums, similarity tokens) since the last flush."""
+        self._last = None
+        sums = {name: acc.take() for name, acc in sorted(self.accumulators.items())}
+        if self._sim_sum is None:
+            sim, tok = np.zeros(self.n_blocks), np.zeros(self.n_blocks)
+        else:
+            sim = self._sim_sum.cpu().numpy().copy()
+            tok = self._sim_tokens.cpu().numpy().astype(np.float64)
+            self._sim_sum.zero_()
+            self._sim_tokens.zero_()
+        return sums, sim, tok
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
