@@ -1,0 +1,426 @@
+"""The explorer App: composes the main view and routes messages; the widgets do the drawing.
+
+Loading and statistics run in a thread worker (group "load") that posts DataLoaded / LoadFailed;
+the per-channel values for the detail pane come from another (group "channels"). The handlers
+update the widgets in place, so a reload keeps the cursor, the sort, the filter and the selection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input
+from textual.worker import get_current_worker
+
+from imatui.errors import ImatrixError
+from imatui.imatrix import Imatrix
+from imatui.stats.tensor import StatsReport
+from imatui.tui.messages import ChannelsReady, DataLoaded, LoadFailed
+from imatui.tui.widgets.channel_plot import DetailPane, channel_values
+from imatui.tui.widgets.file_browser import ImatrixTree
+from imatui.tui.widgets.info_bar import InfoBar
+from imatui.tui.widgets.layer_sparklines import LayerSparklines
+from imatui.tui.widgets.stats_table import LayerTable, StatsTable, TensorTable, name_matcher
+
+VIEWS = ("all", "table", "layers", "detail")
+# below this width the detail pane only shows in the "detail" view
+NARROW = 100
+
+
+class ImatuiApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "imatui"
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="keys and what the columns mean"),
+        Binding("slash", "filter", "Filter", id="filter", tooltip="filter tensor names (text or regex)"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
+        Binding("s", "next_sort", "Sort", id="sort.next", tooltip="sort by the next column"),
+        Binding("S", "previous_sort", "Sort back", show=False, id="sort.previous"),
+        Binding("r", "reverse_sort", "Reverse", id="sort.reverse", tooltip="reverse the sort"),
+        Binding("t", "toggle_table", "Tensors/Layers", id="table.toggle",
+                tooltip="switch between the tensor table and the per-layer table"),
+        Binding("m", "next_metric", "Metric", id="metric.next", tooltip="next sparkline metric"),
+        Binding("M", "previous_metric", "Metric back", show=False, id="metric.previous"),
+        Binding("v", "cycle_view", "View", id="view.cycle", tooltip="all panes / table / layers / detail"),
+        Binding("b", "toggle_browser", "Files", id="browser.toggle", tooltip="show or hide the file browser"),
+        Binding("d", "diff", "Diff", id="diff", tooltip="diff with the file selected in the browser"),
+        Binding("p", "save_screenshot", "SVG", id="screenshot", tooltip="save an SVG screenshot here"),
+    ]
+
+    view: reactive[str] = reactive("all")
+
+    def __init__(self, paths: list[str], *, chunk_size: int = 512, diff_with: str | None = None) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.diff_with = diff_with
+        self.paths = [str(p) for p in paths] or ["."]
+        self.current_path: str | None = None
+        self.imatrix: Imatrix | None = None
+        self.report: StatsReport | None = None
+        self.selected_name: str | None = None
+        self.browse_root, open_first, self.series = self._plan(self.paths)
+        self._initial_path = open_first
+        self.load_started: float | None = None
+        self.table_filled_at: float | None = None
+        self.load_errors: list[str] = []
+
+    @staticmethod
+    def _plan(paths: list[str]) -> tuple[Path, str | None, list[str]]:
+        """(browser root, file to open, snapshot series) for what the command line named."""
+        if len(paths) == 1:
+            p = Path(paths[0])
+            if p.is_dir():
+                return p, None, []
+            parent = p.parent if str(p.parent) else Path(".")
+            return (parent if parent.is_dir() else Path(".")), str(p), []
+        # several files: a snapshot series; open the newest (the last named), browse the rest
+        common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+        return common, paths[-1], list(paths)
+
+    # -- composition -------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield InfoBar(id="info")
+        with Horizontal(id="body"):
+            yield ImatrixTree(self.browse_root, id="browser")
+            with Vertical(id="main"):
+                yield Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
+                            id="filter")
+                with ContentSwitcher(initial="tensors", id="tables"):
+                    yield TensorTable(id="tensors")
+                    yield LayerTable(id="layers")
+                with Horizontal(id="lower"):
+                    yield LayerSparklines(id="sparklines")
+                    yield DetailPane(id="detail")
+        yield Footer()
+
+    @property
+    def tensor_table(self) -> TensorTable:
+        return self.query_one("#tensors", TensorTable)
+
+    @property
+    def layer_table(self) -> LayerTable:
+        return self.query_one("#layers", LayerTable)
+
+    @property
+    def active_table(self) -> StatsTable:
+        return self.query_one(f"#{self.query_one('#tables', ContentSwitcher).current}", StatsTable)
+
+    def on_mount(self) -> None:
+        self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
+        info = self.query_one(InfoBar)
+        browser = self.query_one("#browser")
+        browser.display = self._initial_path is None or bool(self.series)
+        self.query_one("#filter").display = False
+        self._apply_layout()
+        if self._initial_path is None:
+            info.path = str(self.browse_root)
+            info.state = "choose an imatrix file in the browser (Enter opens it)"
+            self.query_one(DetailPane).clear("no file open")
+            browser.focus()
+        elif not Path(self._initial_path).exists():
+            info.path = self._initial_path
+            self.set_live_status(f"waiting for {Path(self._initial_path).name}")
+            self.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
+            self.current_path = self._initial_path
+        else:
+            self.open_path(self._initial_path)
+            self.tensor_table.focus()
+        if self.diff_with:
+            self._push_diff(self.paths[0], self.diff_with)
+
+    # -- public API (also used by the watcher) -----------------------------------------------
+    def open_path(self, path: str | Path) -> None:
+        """Load a file in place of the current one (cursor, sort and filter are kept)."""
+        path = str(path)
+        info = self.query_one(InfoBar)
+        if path != self.current_path:
+            info.path = path
+        self.current_path = path
+        info.state = "loading…"
+        if self.report is None:
+            self.tensor_table.loading = True
+        self.load_started = time.perf_counter()
+        self._load(path)
+
+    def set_live_status(self, status: str) -> None:
+        """The header's live marker: "live", "idle", "writing…", "waiting for FILE", "deleted"."""
+        self.query_one(InfoBar).live = status
+
+    def show_table(self, which: str) -> None:
+        self.query_one("#tables", ContentSwitcher).current = which
+        self.active_table.focus()
+        # the layer marker follows the table in front
+        sparklines = self.query_one(LayerSparklines)
+        if which == "layers":
+            key = self.layer_table.selected_key
+            sparklines.select_layer(None if key is None else int(key))
+        elif self.report is not None and self.selected_name is not None:
+            t = self.report.tensor(self.selected_name)
+            sparklines.select_layer(None if t is None else t.layer)
+
+    def set_view(self, view: str) -> None:
+        self.view = view
+
+    def sort_by(self, column: str, reverse: bool | None = None) -> None:
+        self.show_table("tensors") if column not in {c.key for c in self.active_table.spec} else None
+        self.active_table.sort_by(column, reverse)
+
+    def set_metric(self, key: str) -> None:
+        self.query_one(LayerSparklines).set_metric(key)
+
+    # -- loading -------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load(self, path: str) -> None:
+        from imatui.formats import load
+        from imatui.stats.tensor import compute_stats
+
+        worker = get_current_worker()
+        try:
+            imatrix = load(path, chunk_size=self.chunk_size)
+            report = compute_stats(imatrix, cancelled=lambda: worker.is_cancelled)
+        except InterruptedError:
+            return
+        except ImatrixError as exc:
+            self.post_message(LoadFailed(path, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the app down
+            self.post_message(LoadFailed(path, f"{path}: {type(exc).__name__}: {exc}"))
+            return
+        if not worker.is_cancelled:
+            self.post_message(DataLoaded(path, imatrix, report))
+
+    def on_data_loaded(self, message: DataLoaded) -> None:
+        if message.path != self.current_path or not self.query(TensorTable):
+            return  # a file the user has since moved away from, or the app is closing
+        self.imatrix, self.report = message.imatrix, message.report
+        info = self.query_one(InfoBar)
+        info.state = ""
+        info.report = message.report
+        self.sub_title = Path(message.path).name
+        with self.batch_update():
+            self.tensor_table.show_report(message.report)
+            self.layer_table.show_report(message.report)
+            self.tensor_table.loading = False
+            self.query_one(LayerSparklines).show_report(message.report)
+        if self.load_started is not None and self.table_filled_at is None:
+            self.table_filled_at = time.perf_counter()
+        self._select(self.tensor_table.selected_key, force=True)
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        self.load_errors.append(message.message)
+        self.tensor_table.loading = False
+        info = self.query_one(InfoBar)
+        info.state = "" if self.report is not None and message.path == self.current_path else "cannot open"
+        self.notify(message.message, title="cannot open", severity="error", timeout=8)
+
+    # -- selection and detail ----------------------------------------------------------------
+    @on(DataTable.RowHighlighted, "#tensors")
+    def _tensor_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._select(None if event.row_key is None else str(event.row_key.value))
+
+    @on(DataTable.RowHighlighted, "#layers")
+    def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and self.query_one("#tables", ContentSwitcher).current == "layers":
+            self.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
+
+    def _select(self, name: str | None, force: bool = False) -> None:
+        if name == self.selected_name and not force:
+            return
+        self.selected_name = name
+        report, detail = self.report, self.query_one(DetailPane)
+        t = report.tensor(name) if (report is not None and name is not None) else None
+        if t is None:
+            detail.clear("no tensor selected" if report is not None else "")
+            return
+        self.query_one(LayerSparklines).select_layer(t.layer)
+        detail.show_tensor(t)
+        self._read_channels(self.current_path, name)
+
+    @work(thread=True, exclusive=True, group="channels", exit_on_error=False)
+    def _read_channels(self, path: str | None, name: str) -> None:
+        imatrix = self.imatrix
+        if imatrix is None or path is None or name not in imatrix.entries:
+            return
+        try:
+            entry = imatrix.entries[name]
+            values = channel_values(entry.sums2, entry.counts)
+        except ImatrixError as exc:
+            self.post_message(LoadFailed(path, str(exc)))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(ChannelsReady(path, name, values, entry.counts))
+
+    def on_channels_ready(self, message: ChannelsReady) -> None:
+        if message.path != self.current_path or message.name != self.selected_name or self.report is None:
+            return
+        t = self.report.tensor(message.name)
+        panes = self.query(DetailPane)  # empty while the app shuts down
+        if t is not None and panes:
+            panes.first().show_channels(t, message.values, message.counts)
+
+    async def wait_for_data(self) -> None:
+        """Until the file is loaded and the detail pane drawn (for tests, headless screenshots)."""
+        for _ in range(100):
+            busy = [w for w in self.workers if w.group in ("load", "channels") and not w.is_finished]
+            if not busy:
+                break
+            await self.workers.wait_for_complete(busy)
+            await asyncio.sleep(0.01)  # let the posted messages be handled
+
+    # -- browser -------------------------------------------------------------------------------
+    @on(DirectoryTree.FileSelected)
+    def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
+        event.stop()
+        self.open_path(str(event.path))
+        self.tensor_table.focus()
+
+    def action_toggle_browser(self) -> None:
+        browser = self.query_one("#browser", ImatrixTree)
+        browser.display = not browser.display
+        if browser.display:
+            browser.focus()
+        else:
+            self.active_table.focus()
+
+    # -- filter ---------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        self.show_table("tensors")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        matcher, problem = name_matcher(event.value)
+        self.tensor_table.set_filter(matcher)
+        event.input.set_class(problem is not None, "-invalid-regex")
+        event.input.tooltip = problem
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            event.input.display = False
+        self.tensor_table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.value:
+            box.value = ""
+            self.tensor_table.set_filter(name_matcher("")[0])
+        box.display = False
+        self.active_table.focus()
+
+    # -- sorting, tables, metrics, views -----------------------------------------------------
+    def action_next_sort(self) -> None:
+        self.active_table.cycle_sort(1)
+        self._notify_sort()
+
+    def action_previous_sort(self) -> None:
+        self.active_table.cycle_sort(-1)
+        self._notify_sort()
+
+    def action_reverse_sort(self) -> None:
+        self.active_table.reverse_sort()
+        self._notify_sort()
+
+    def _notify_sort(self) -> None:
+        table = self.active_table
+        col = next((c for c in table.spec if c.key == table.sort_column), None)
+        if col is not None:
+            desc = col.descending != table.sort_reverse
+            self.notify(f"sorted by {col.label} {'▼ descending' if desc else '▲ ascending'}", timeout=1.5)
+
+    def action_toggle_table(self) -> None:
+        switcher = self.query_one("#tables", ContentSwitcher)
+        self.show_table("layers" if switcher.current == "tensors" else "tensors")
+
+    def action_next_metric(self) -> None:
+        self.query_one(LayerSparklines).cycle_metric(1)
+
+    def action_previous_metric(self) -> None:
+        self.query_one(LayerSparklines).cycle_metric(-1)
+
+    def action_cycle_view(self) -> None:
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+        self.notify(f"view: {self.view}", timeout=1.5)
+
+    def watch_view(self, view: str) -> None:
+        if view == "layers":
+            self.show_table("layers")
+        elif view in ("detail", "table") and self.query_one("#tables", ContentSwitcher).current == "layers":
+            self.show_table("tensors")
+        self._apply_layout()
+
+    def on_resize(self) -> None:
+        self._apply_layout()
+
+    def _apply_layout(self) -> None:
+        if not self.is_mounted:
+            return
+        main = self.query_one("#main")
+        for v in VIEWS:
+            main.set_class(v == self.view, f"-view-{v}")
+        main.set_class(self.size.width < NARROW, "-narrow")
+        main.set_class(self.size.height < 30, "-short")
+
+    # -- diff, screenshot, help ----------------------------------------------------------------
+    def action_diff(self) -> None:
+        other = self.query_one("#browser", ImatrixTree).highlighted_file
+        if self.current_path is None or self.report is None:
+            self.notify("open a file first", severity="warning")
+            return
+        if other is None:
+            self.notify("select the other file in the browser (b), then press d", severity="warning")
+            browser = self.query_one("#browser", ImatrixTree)
+            browser.display = True
+            browser.focus()
+            return
+        self._push_diff(self.current_path, str(other))
+
+    def _push_diff(self, a: str, b: str) -> None:
+        from imatui.tui.screens.diff import DiffScreen
+
+        self.push_screen(DiffScreen(a, b, chunk_size=self.chunk_size))
+
+    def action_save_screenshot(self) -> None:
+        stem = Path(self.current_path).name if self.current_path else "imatui"
+        filename = f"imatui-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        try:
+            saved = self.save_screenshot(filename=filename, path=os.getcwd())
+        except OSError as exc:
+            self.notify(f"cannot save the screenshot: {exc}", severity="error")
+            return
+        self.notify(f"saved {saved}", title="screenshot")
+
+    def action_help(self) -> None:
+        from imatui.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        from imatui.tui.commands import app_commands
+
+        yield from super().get_system_commands(screen)
+        if screen is self.screen_stack[0]:
+            yield from app_commands(self)
+
+
+def make_app(paths: list[str], *, chunk_size: int = 512, diff_with: str | None = None) -> ImatuiApp:
+    """The App for the CLI, the tests and headless screenshots."""
+    return ImatuiApp(list(paths), chunk_size=chunk_size, diff_with=diff_with)
+
+
+__all__ = ["ImatuiApp", "make_app"]

@@ -1,0 +1,46 @@
+"""Messages that workers post to the app (toolong's pattern: small dataclasses).
+
+The load worker (app.py) and the file watcher (watcher.py) post the same two messages, so a reload
+while following a file goes through exactly the code path of opening it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from textual.message import Message
+
+from imatui.imatrix import Imatrix
+from imatui.stats.tensor import StatsReport
+
+
+@dataclass
+class DataLoaded(Message):
+    """A file was read and its statistics computed."""
+
+    path: str
+    imatrix: Imatrix
+    report: StatsReport
+
+    def can_replace(self, message: Message) -> bool:
+        # a burst of reloads of one file: only the newest matters
+        return isinstance(message, DataLoaded) and message.path == self.path
+
+
+@dataclass
+class LoadFailed(Message):
+    """A file could not be read; `message` is the ImatrixError's one line ("PATH: problem")."""
+
+    path: str
+    message: str
+
+
+@dataclass
+class ChannelsReady(Message):
+    """Per-channel values of one tensor, for the detail pane (computed off the UI thread)."""
+
+    path: str
+    name: str
+    values: np.ndarray  # per-channel means sums2 / counts, flat over the matrices, float64
+    counts: np.ndarray  # tokens per matrix (per expert for MoE)

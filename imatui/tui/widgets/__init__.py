@@ -1,0 +1,1 @@
+"""Widgets, one module per part of the screen."""

@@ -1,0 +1,170 @@
+"""The detail pane: one tensor's channels drawn with plotext.
+
+Each PlotView owns its own plotext figure (a fresh one per draw; never plotext's global figure,
+which several widgets would share), builds it at the widget's size and shows it through
+Text.from_ansi, so it redraws whenever Textual re-renders it (on resize too).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widget import Widget
+from textual.widgets import Static
+
+from imatui.stats.tensor import TensorStats
+
+# plotext draws a few hundred points per column at most: more only costs time
+MAX_POINTS = 2048
+
+
+def _figure(width: int, height: int):
+    from plotext._kernel.terminal import terminal
+
+    fig = terminal()._master  # a private figure, not plotext's module-level one
+    fig._set_size(width, height)
+    fig.theme("simple")  # no canvas colour: the pane's background shows through
+    return fig
+
+
+class PlotView(Widget):
+    """A plotext chart; `draw(fig)` fills a figure built at this widget's size."""
+
+    DEFAULT_CSS = "PlotView { width: 1fr; height: 1fr; min-width: 10; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._draw: Callable | None = None
+        self._cache: tuple[tuple[int, int, int], Text] | None = None
+        self._version = 0
+
+    def plot(self, draw: Callable | None) -> None:
+        self._draw = draw
+        self._version += 1
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.size.width, self.size.height
+        if self._draw is None or width < 12 or height < 5:
+            return Text("")
+        key = (width, height, self._version)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        fig = _figure(width, height)
+        self._draw(fig)
+        text = Text.from_ansi(fig.build().string(), no_wrap=True)
+        self._cache = (key, text)
+        return text
+
+
+def _thin(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """x (rank) and y of sorted values, thinned to at most MAX_POINTS evenly spaced ranks."""
+    n = len(values)
+    idx = np.unique(np.linspace(0, n - 1, min(n, MAX_POINTS)).astype(np.int64))
+    return idx.tolist(), values[idx].tolist()
+
+
+class DetailPane(Vertical):
+    """Sorted channel values (log), their histogram, the top channels, MoE expert counts."""
+
+    can_focus = False
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="detail-title", classes="pane-title")
+        yield Static("", id="detail-top")
+        with Horizontal(id="detail-plots"):
+            yield PlotView(id="plot-sorted")
+            yield PlotView(id="plot-hist")
+        yield PlotView(id="plot-experts")
+
+    def clear(self, message: str = "") -> None:
+        self.query_one("#detail-title", Static).update(Text(message, style="dim"))
+        for plot in self.query(PlotView):
+            plot.plot(None)
+        self.query_one("#detail-top", Static).update("")
+        self.set_class(False, "-moe")
+
+    def show_tensor(self, t: TensorStats) -> None:
+        """The numbers we already have; plots follow when the channels are read (show_channels)."""
+        layer = "-" if t.layer is None else str(t.layer)
+        shape = f"{t.n_mat}×{t.n_in}" if t.n_mat > 1 else f"{t.n_in}"
+        title = Text.assemble((t.name, "bold"), f"  layer {layer} · {shape} · {t.tokens} tokens · ",
+                              ("dead ", "dim"), str(t.dead), ("  skew ", "dim"),
+                              "-" if t.skewness is None else f"{t.skewness:.2f}", ("  kurt ", "dim"),
+                              "-" if t.kurtosis is None else f"{t.kurtosis:.1f}")
+        if t.experts_unused is not None:
+            title.append(f"  · {t.experts_unused} experts unused", style="bold")
+        self.query_one("#detail-title", Static).update(title)
+        self.query_one("#detail-top", Static).update(self._top_text(t))
+
+    @staticmethod
+    def _top_text(t: TensorStats) -> Text:
+        text = Text("top channels ", style="bold")
+        for i, (idx, value) in enumerate(zip(t.top_channels, t.top_values)):
+            where = f"e{idx // t.n_in}:{idx % t.n_in}" if t.n_mat > 1 else str(idx)
+            share = value / t.sum * 100 if t.sum else 0.0
+            if i:
+                text.append(" · ", style="dim")
+            text.append(where, style="bold")
+            text.append(f" {value:.4g} ({share:.1f}%)")
+        return text
+
+    def show_channels(self, t: TensorStats, values: np.ndarray, counts: np.ndarray) -> None:
+        finite = values[np.isfinite(values)]
+        positive = np.sort(finite[finite > 0])[::-1]
+        dead = int((finite <= 0).sum())
+
+        def sorted_plot(fig) -> None:
+            if len(positive) == 0:
+                fig.title("no positive values")
+                return
+            x, y = _thin(positive)
+            signal = fig.signal(x, y)
+            signal.lines()
+            fig.draw(signal)
+            fig.ruler(1).scale("log")
+            fig.title("channels sorted, log" + (f" ({dead} ≤ 0 not shown)" if dead else ""))
+
+        def hist_plot(fig) -> None:
+            if len(positive) == 0:
+                fig.title("no positive values")
+                return
+            logs = np.log10(positive)
+            lo, hi = float(logs.min()), float(logs.max())
+            bins = max(5, min(40, fig.size()[0] // 2 - 4))
+            if hi - lo < 1e-9:
+                hi = lo + 1.0
+            counts_, edges = np.histogram(logs, bins=bins, range=(lo, hi))
+            centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+            fig.draw(fig.bar(centers, counts_.tolist(), orientation="vertical"))
+            fig.title("histogram, log10 value")
+
+        self.query_one("#plot-sorted", PlotView).plot(sorted_plot)
+        self.query_one("#plot-hist", PlotView).plot(hist_plot)
+        if t.n_mat > 1:
+            per_expert = counts.astype(np.float64).tolist()
+
+            def expert_plot(fig) -> None:
+                fig.draw(fig.bar(list(range(len(per_expert))), per_expert, orientation="vertical", width=1))
+                fig.title(f"tokens per expert ({sum(1 for c in per_expert if c == 0)} unused)")
+
+            self.query_one("#plot-experts", PlotView).plot(expert_plot)
+            self.set_class(True, "-moe")
+        else:
+            self.query_one("#plot-experts", PlotView).plot(None)
+            self.set_class(False, "-moe")
+
+
+def channel_values(sums2: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-channel means sums2 / counts (the values llama's statistics run on), matrices with
+    count 0 left out, flattened. Runs in a worker thread."""
+    sums2 = np.asarray(sums2, dtype=np.float64).reshape(len(counts), -1)
+    used = counts > 0
+    if not used.any():
+        return np.zeros(0)
+    return (sums2[used] / counts[used, None]).ravel()
+

@@ -1,0 +1,46 @@
+"""The header line: file, format, tensors, chunks × chunk size, datasets, live marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from imatui.stats.tensor import StatsReport
+
+_LIVE_STYLES = {"live": "bold green", "idle": "dim", "writing…": "bold yellow", "deleted": "bold red"}
+
+
+class InfoBar(Widget):
+    DEFAULT_CSS = "InfoBar { dock: top; height: 1; width: 1fr; }"
+
+    path: reactive[str] = reactive("")
+    report: reactive[StatsReport | None] = reactive(None, always_update=True)
+    state: reactive[str] = reactive("")  # "loading", an error line, or "" when showing data
+    live: reactive[str] = reactive("idle")
+
+    def render(self) -> Text:
+        text = Text(" imatui ", style="bold reverse")
+        name = Path(self.path).name if self.path else ""
+        if name:
+            text.append(f" {name}", style="bold")
+        r = self.report
+        if r is not None:
+            datasets = ", ".join(Path(d).name for d in r.datasets) or "no dataset"
+            text.append(f"  {r.format.upper()}", style="bold")
+            text.append(f" · {len(r.tensors)} tensors · {r.chunk_count} × {r.chunk_size} · {datasets}")
+        if self.state:
+            text.append(f"  {self.state}", style="italic")
+        if self.live:
+            style = _LIVE_STYLES.get(self.live, "bold yellow")
+            marker = Text(f" ● {self.live} ", style=style)
+            pad = self.size.width - text.cell_len - marker.cell_len
+            if pad > 0:
+                text.append(" " * pad)
+            else:
+                text.append(" ")
+            text.append_text(marker)
+        text.truncate(max(1, self.size.width), overflow="ellipsis")
+        return text
