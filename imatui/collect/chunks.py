@@ -46,13 +46,10 @@ class Chunks:
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:
-    """Whether encoding adds the BOS, as llama_vocab_get_add_bos says for a GGUF's own tokenizer."""
+    """Whether encoding adds the BOS (what llama_vocab_get_add_bos says for a GGUF's own tokenizer)."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
         return False
-    flag = getattr(tokenizer, "add_bos_token", None)
-    if isinstance(flag, bool):
-        return flag
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == bos
 
