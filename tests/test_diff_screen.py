@@ -268,3 +268,25 @@ async def test_bad_file_notifies_and_keeps_running(tmp_path):
         assert app.is_running and app.screen is screen
         await pilot.press("q")
         assert not isinstance(app.screen, DiffScreen)
+
+
+async def test_palette_commands():
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"diff: sort by JS")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen and screen.sort_column == "js"
+        assert _labels(table)[4] == "JS ▼"
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"diff: toggle A / B")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.mode == 1 and _labels(table)[1] == "Σ B"

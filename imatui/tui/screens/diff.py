@@ -20,6 +20,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.renderables._blend_colors import blend_colors
@@ -358,6 +359,45 @@ class LayerCaret(Static):
         self.update("".join(line).rstrip() + f" layer {self.at_layer}")
 
 
+# --- palette commands ("diff: …") ----------------------------------------------------------------
+
+class DiffCommands(Provider):
+    """The diff view's actions in the command palette, namespaced "diff: …"."""
+
+    def _commands(self) -> list[tuple[str, str, Callable[[], None]]]:
+        screen = self.screen
+        if not isinstance(screen, DiffScreen):
+            return []
+        commands = [
+            ("diff: next most different tensor", "jump to the tensor with the next lower cosine",
+             lambda: screen.action_jump(1)),
+            ("diff: previous most different tensor", "jump back to a more different tensor",
+             lambda: screen.action_jump(-1)),
+            ("diff: toggle A / B / Δ values", "show the values of A, of B, or B − A",
+             screen.action_toggle_values),
+            ("diff: swap A and B", "compare the other way round", screen.action_swap),
+            ("diff: filter tensors", "regex or plain text on the tensor name", screen.action_filter),
+            ("diff: reverse sort order", "", screen.action_reverse_sort),
+            ("diff: close", "back to where the diff was opened from", screen.action_close),
+        ]
+        for key in SORTABLE:
+            label = COLUMN_BY_KEY[key].label(screen.mode)
+            commands.append((f"diff: sort by {label}", f"sort the table by the {label} column",
+                             lambda key=key: screen.sort_by(key)))
+        return commands
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
 # --- the screen -----------------------------------------------------------------------------------
 
 class DiffScreen(Screen):
@@ -376,6 +416,8 @@ class DiffScreen(Screen):
     DiffScreen #diff-filter { dock: bottom; display: none; }
     DiffScreen #diff-filter.-visible { display: block; }
     """
+
+    COMMANDS = {DiffCommands}
 
     BINDINGS = [
         Binding("escape", "close", "Close", id="diff.close", tooltip="Close the diff (or the filter box)"),
@@ -695,6 +737,13 @@ class DiffScreen(Screen):
             return
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
         self.sort_column, self.sort_reverse = SORTABLE[(i + step) % len(SORTABLE)], False
+        self._populate()
+
+    def sort_by(self, key: str) -> None:
+        """Sort by a column (a COLUMNS key) in its natural direction."""
+        if self.report is None or key not in SORTABLE:
+            return
+        self.sort_column, self.sort_reverse = key, False
         self._populate()
 
     def action_reverse_sort(self) -> None:
