@@ -37,6 +37,15 @@ VIEWS = ("all", "table", "layers", "detail")
 NARROW = 100
 
 
+class MainView(Vertical):
+    """Table and panes; its size decides the narrow/short layouts."""
+
+    def on_resize(self) -> None:
+        app = self.app
+        if isinstance(app, ImatuiApp):
+            app._apply_layout()
+
+
 class ImatuiApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "imatui"
@@ -93,8 +102,10 @@ class ImatuiApp(App[None]):
     def compose(self) -> ComposeResult:
         yield InfoBar(id="info")
         with Horizontal(id="body"):
-            yield ImatrixTree(self.browse_root, id="browser")
-            with Vertical(id="main"):
+            tree = ImatrixTree(self.browse_root, id="browser")
+            tree.display = self._initial_path is None or bool(self.series)
+            yield tree
+            with MainView(id="main"):
                 yield Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
                             id="filter")
                 with ContentSwitcher(initial="tensors", id="tables"):
@@ -121,7 +132,6 @@ class ImatuiApp(App[None]):
         self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
         info = self.query_one(InfoBar)
         browser = self.query_one("#browser")
-        browser.display = self._initial_path is None or bool(self.series)
         self.query_one("#filter").display = False
         self._apply_layout()
         if self._initial_path is None:
@@ -214,6 +224,9 @@ class ImatuiApp(App[None]):
             self.layer_table.show_report(message.report)
             self.tensor_table.loading = False
             self.query_one(LayerSparklines).show_report(message.report)
+        focused = self.focused
+        if (focused is None or not focused.display) and self.screen is self.screen_stack[0]:
+            self.active_table.focus()  # the loading indicator took the focus away
         if self.load_started is not None and self.table_filled_at is None:
             self.table_filled_at = time.perf_counter()
         self._select(self.tensor_table.selected_key, force=True)
@@ -361,9 +374,6 @@ class ImatuiApp(App[None]):
             self.show_table("layers")
         elif view in ("detail", "table") and self.query_one("#tables", ContentSwitcher).current == "layers":
             self.show_table("tensors")
-        self._apply_layout()
-
-    def on_resize(self) -> None:
         self._apply_layout()
 
     def _apply_layout(self) -> None:

@@ -30,7 +30,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from imatui.diff_printers import fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
+from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
@@ -116,7 +116,7 @@ COLUMNS: list[Column] = [
            (lambda t: fmt_num(t.rank_a, "d"), lambda t: fmt_num(t.rank_b, "d"),
             lambda t: fmt_shift(t.rank_shift))),
     Column("channel", ("Top ch",) * 3, ("top_channel",) * 3,
-           (lambda t: "-" if t.top_channel is None else str(t.top_channel),)),
+           (channel_label,)),
     Column("top", ("Top A", "Top B", "Top B−A"), ("top_value_a", "top_value_b", "top_delta"),
            (lambda t: fmt_num(t.top_value_a), lambda t: fmt_num(t.top_value_b),
             lambda t: _signed(_top_delta(t)))),
@@ -211,11 +211,12 @@ class OverlayPlot(Widget):
             fig.draw(fig.signal(xs, ys).label(self.labels[0] if pair.a is not None else self.labels[1]).lines(True))
             fig.title("only one side can be drawn")
             return fig.build().string()
-        self._ticks(fig, len(pair.a), width)
-        if self.mode == 2:
+        self._ticks(fig, max(len(pair.a), len(pair.b)), width)
+        experts = f" · {len(pair.experts)} experts × {pair.n_in}" if len(pair.experts) > 1 else ""
+        if self.mode == 2 and pair.a.shape == pair.b.shape:
             xs, ys = _bucket(pair.b - pair.a, n, signed=True)
             fig.draw(fig.signal(xs, ys).label(f"{self.labels[1]} − {self.labels[0]}").lines(True))
-            fig.title("per-channel mean importance, B − A (largest |Δ| per column)")
+            fig.title("mean importance B − A (largest |Δ| per column)" + experts)
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
@@ -225,7 +226,10 @@ class OverlayPlot(Widget):
         positive = min(min(ya), min(yb)) > 0
         if positive:
             fig.ruler(1).scale("log")
-        fig.title("per-channel mean importance" + (", log" if positive else "") + " (max per column)")
+        title = "per-channel mean importance" + (", log" if positive else "") + " (max per column)"
+        if pair.a.shape != pair.b.shape:
+            title = "shapes differ: A and B drawn on their own channels"
+        fig.title(title + experts)
         return fig.build().string()
 
 
@@ -518,6 +522,8 @@ class DiffScreen(Screen):
 
     def _failed(self, text: str) -> None:
         self.error = text
+        if self.report is not None:  # a failed swap: the table still shows the earlier comparison
+            self.a_path, self.b_path = self.report.a, self.report.b
         self.query_one(DataTable).loading = False
         if self.report is None:
             self.query_one("#diff-header", Static).update(
@@ -674,7 +680,7 @@ class DiffScreen(Screen):
         if t.comparable:
             text.append(f"  cos {t.cossim:.4f} · JS {t.js:.4f}\n")
             text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}"
-                        f" · top channel {t.top_channel}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+                        f" · top channel {channel_label(t)}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
                         f" ({t.top_share_delta * 100:+.1f} pts of Σ)", style="dim")
             if t.experts_skipped:
                 text.append(f" · {t.experts_skipped} experts without tokens in A or B left out", style="dim")

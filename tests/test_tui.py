@@ -1,0 +1,353 @@
+"""The explorer, driven through Textual's Pilot against the fixtures.
+
+Cell texts are compared with the numbers imatui.stats computes (and, for a few rows, with what
+llama-imatrix printed for the same file), so a wrong column or a stale reload fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from textual.widgets import ContentSwitcher, Input, Sparkline
+
+from imatui.formats import load
+from imatui.formats.write import save
+from imatui.imatrix import Entry, Imatrix
+from imatui.printers import _pct
+from imatui.stats import compute_stats
+from imatui.tui.app import ImatuiApp, make_app
+from imatui.tui.messages import DataLoaded
+from imatui.tui.widgets.channel_plot import DetailPane, PlotView
+from imatui.tui.widgets.file_browser import ImatrixTree
+from imatui.tui.widgets.info_bar import InfoBar
+from imatui.tui.widgets.layer_sparklines import LayerMarker, LayerSparklines, layer_columns
+
+from conftest import FIXTURES
+
+PROSE = FIXTURES / "smollm2-prose.imatrix.gguf"
+SIZE = (120, 36)
+
+
+@pytest.fixture(scope="module")
+def prose_report():
+    return compute_stats(load(PROSE))
+
+
+def _info(app: ImatuiApp) -> str:
+    return app.query_one(InfoBar).render().plain
+
+
+async def test_table_matches_stats(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.pause()
+        table = app.tensor_table
+        assert table.row_count == 210
+        # llama's order (kind, then Σ descending) until the user sorts
+        assert table.shown_keys == [t.name for t in prose_report.tensors]
+        for t in prose_report.tensors[::17]:
+            assert table.cell_text(t.name, "sum") == "%.2f" % t.sum
+            assert table.cell_text(t.name, "max") == "%.4f" % t.max
+            assert table.cell_text(t.name, "active") == "%.2f%%" % _pct(t.active)
+            assert table.cell_text(t.name, "zd") == "%.2f%%" % _pct(t.zd)
+            assert table.cell_text(t.name, "dead") == str(t.dead)
+        # the row llama-imatrix printed for this file: "18  attn_k  95.22  0.0073  51.2399 ... 0.9993"
+        name = "blk.18.attn_k.weight"
+        assert [table.cell_text(name, c) for c in ("layer", "kind", "sum", "min", "max", "cossim")] == \
+            ["18", "attn_k", "95.22", "0.0073", "51.2399", "0.9993"]
+        info = _info(app)
+        assert "smollm2-prose.imatrix.gguf" in info and "GGUF" in info
+        assert "210 tensors" in info and "40 × 512" in info and "prose.txt" in info
+
+
+async def test_sort_reverse_and_header_click(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        table = app.tensor_table
+        await pilot.press("s")  # kind -> Σ
+        assert table.sort_column == "sum"
+        by_sum = sorted(prose_report.tensors, key=lambda t: t.sum, reverse=True)
+        assert table.shown_keys[:3] == [t.name for t in by_sum[:3]]
+        assert str(table.columns["sum"].label).endswith("▼")
+        await pilot.press("r")
+        assert table.shown_keys[0] == by_sum[-1].name
+        assert str(table.columns["sum"].label).endswith("▲")
+        await pilot.press("S", "S")  # back past Σ to layer
+        assert table.sort_column == "layer"
+        # clicking the Max header sorts by Max, descending
+        x = sum(table.columns[k].get_render_width(table) for k in ("layer", "kind", "sum", "min")) + 2
+        await pilot.click("#tensors", offset=(x, 0))
+        await pilot.pause()
+        assert table.sort_column == "max"
+        assert table.shown_keys[0] == max(prose_report.tensors, key=lambda t: t.max).name
+
+
+async def test_filter_substring_and_regex(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        table = app.tensor_table
+        await pilot.press("slash")
+        assert app.focused is app.query_one("#filter", Input)
+        await pilot.press(*"ffn_down")
+        assert table.row_count == 30
+        assert all("ffn_down" in k for k in table.shown_keys)
+        app.query_one("#filter", Input).value = r"^blk\.1\d\.attn_q"
+        await pilot.pause()
+        assert sorted(table.shown_keys) == sorted(f"blk.{i}.attn_q.weight" for i in range(10, 20))
+        # "blk.1." is text, not a regex: blk.10 does not match
+        app.query_one("#filter", Input).value = "blk.1."
+        await pilot.pause()
+        assert table.row_count == 7
+        await pilot.press("enter")
+        assert app.focused is table
+        await pilot.press("escape")
+        assert table.row_count == 210
+        assert not app.query_one("#filter").display
+
+
+async def test_cursor_moves_detail_and_layer_marker(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.press("down", "down")
+        await app.wait_for_data()
+        await pilot.pause()
+        second = prose_report.tensors[2]
+        assert app.selected_name == second.name
+        detail = app.query_one(DetailPane)
+        assert second.name in detail.query_one("#detail-title").render().plain
+        assert "top channels" in detail.query_one("#detail-top").render().plain
+        marker = app.query_one(LayerMarker)
+        assert marker.selected_layer == second.layer
+        assert f"▲{second.layer}" in marker.render().plain
+        # the sorted-values plot is drawn (plotext frame and the title)
+        plot = detail.query_one("#plot-sorted", PlotView).render().plain
+        assert "channels sorted" in plot and "┌" in plot
+        await pilot.press("j")  # vim alias
+        assert app.selected_name == prose_report.tensors[3].name
+
+
+def test_layer_columns_match_sparkline_bucketing():
+    # 30 layers over 34 columns: each layer gets one or two columns, in order, covering all
+    cols = [layer_columns(30, 34, layer) for layer in range(30)]
+    assert all(cols) and sum(len(c) for c in cols) == 34
+    assert [c[0] for c in cols] == sorted(c[0] for c in cols)
+    # more layers than columns: each layer lands in exactly one bucket
+    assert all(len(layer_columns(61, 20, layer)) == 1 for layer in range(61))
+
+
+async def test_metric_cycle_changes_sparklines(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        sparklines = app.query_one(LayerSparklines)
+        first = sparklines.query(Sparkline).first()
+        attn_k = {t.layer: t for t in prose_report.tensors if t.kind == "attn_k"}
+        assert list(first.data) == [attn_k[i].sum for i in range(30)]
+        await pilot.press("m")
+        assert sparklines.metric.key == "mean"
+        assert list(first.data) == [attn_k[i].mean for i in range(30)]
+        assert "μ" in sparklines.query_one("#spark-title").render().plain
+        await pilot.press("M", "M")
+        assert sparklines.metric.key == "dead"
+
+
+async def test_layer_table_toggle(prose_report):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.press("t")
+        assert app.query_one("#tables", ContentSwitcher).current == "layers"
+        layers = app.layer_table
+        assert layers.row_count == 30
+        assert layers.cell_text("0", "sum") == "%.2f" % prose_report.layers[0].sum
+        assert layers.cell_text("29", "zd") == "%.4f%%" % _pct(prose_report.layers[29].zd)
+        await pilot.press("down", "down", "down")
+        assert app.query_one(LayerMarker).selected_layer == 3
+        await pilot.press("s")
+        assert layers.sort_column == "sum"
+        await pilot.press("t")
+        assert app.query_one("#tables", ContentSwitcher).current == "tensors"
+
+
+async def test_browser_lists_imatrix_files_and_opens_them(tmp_path):
+    for name in ("smollm2-code.imatrix.gguf", "smollm2-prose.imatrix.dat", "smollm2-prose.imatrix.gguf.stats.txt"):
+        (tmp_path / name).write_bytes((FIXTURES / name).read_bytes())
+    (tmp_path / "notes.gguf").write_bytes(b"GGUF but not really")  # right name, wrong bytes
+    snap = tmp_path / "run.gguf.at_10"
+    snap.write_bytes((FIXTURES / "checkpoints" / "smollm2-prose.imatrix.gguf.at_10").read_bytes())
+    app = make_app([str(tmp_path)])
+    async with app.run_test(size=SIZE) as pilot:
+        tree = app.query_one(ImatrixTree)
+        assert tree.display and app.focused is tree
+        assert "choose an imatrix file" in _info(app)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if len(tree.root.children) >= 3:
+                break
+        names = [str(node.label) for node in tree.root.children]
+        assert names == ["run.gguf.at_10", "smollm2-code.imatrix.gguf", "smollm2-prose.imatrix.dat"]
+        await pilot.press("down", "down", "enter")  # the cursor starts on the root
+        await app.wait_for_data()
+        await pilot.pause()
+        assert Path(app.current_path).name == "smollm2-code.imatrix.gguf"
+        assert "smollm2-code.imatrix.gguf" in _info(app) and app.tensor_table.row_count == 210
+        # open another file from the browser: the cursor stays on the same tensor name
+        app.tensor_table.focus()
+        await pilot.press("down", "down", "down")
+        kept = app.selected_name
+        tree.focus()
+        await pilot.press("down", "enter")
+        await app.wait_for_data()
+        await pilot.pause()
+        assert Path(app.current_path).name == "smollm2-prose.imatrix.dat"
+        assert "DAT" in _info(app)
+        assert app.selected_name == kept
+        await pilot.press("b")
+        assert not tree.display
+
+
+async def test_reload_keeps_cursor_sort_and_filter():
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        table = app.tensor_table
+        await pilot.press("s", "s", "s")  # Σ, Min, Max
+        assert table.sort_column == "max"
+        app.query_one("#filter", Input).value = "attn"
+        await pilot.pause()
+        await pilot.press("down", "down", "down", "down")
+        name = table.selected_key
+        # the same file grew: what the watcher posts (same path, new numbers)
+        other = load(FIXTURES / "smollm2-prose-4chunks.imatrix.gguf")
+        report = compute_stats(other)
+        app.post_message(DataLoaded(str(PROSE), other, report))
+        await pilot.pause()
+        await app.wait_for_data()
+        assert table.sort_column == "max" and table.row_count == 120
+        assert table.selected_key == name
+        assert table.cell_text(name, "max") == "%.4f" % report.tensor(name).max
+        assert "4 × 512" in _info(app)
+
+
+async def test_narrow_terminal_and_views():
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert app.size == (80, 24)
+        assert not app.query_one("#detail").display or app.query_one("#detail").region.width == 0
+        seen = []
+        for _ in range(4):
+            await pilot.press("v")
+            await pilot.pause()
+            seen.append(app.view)
+            table = app.query_one("#tables")
+            lower = app.query_one("#lower")
+            if table.display and lower.display:
+                assert not table.region.overlaps(lower.region)
+        assert seen == ["table", "layers", "detail", "all"]
+        await pilot.press("v", "v", "v")  # detail at 80x24: the plots get the width
+        await app.wait_for_data()
+        await pilot.pause()
+        assert app.query_one("#detail").region.width == 80
+        await pilot.resize_terminal(200, 60)
+        await pilot.pause()
+        assert app.query_one("#plot-sorted").region.width > 40
+
+
+async def test_screenshot_key_writes_svg(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.press("p")
+        await pilot.pause()
+        svgs = list(tmp_path.glob("imatui-smollm2-prose.imatrix.gguf-*.svg"))
+        assert len(svgs) == 1
+        text = svgs[0].read_text()
+        assert text.startswith("<svg") and "attn_k" in text
+        assert any(str(svgs[0]) in n.message for n in app._notifications)
+
+
+async def test_bad_file_is_a_notification_and_app_keeps_running(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(PROSE.read_bytes()[:5000])
+    app = make_app([str(bad)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.pause()
+        assert len(app.load_errors) == 1 and str(bad) in app.load_errors[0]
+        assert any(n.severity == "error" for n in app._notifications)
+        assert "cannot open" in _info(app)
+        # still usable: open a good file in place
+        app.open_path(str(PROSE))
+        await app.wait_for_data()
+        await pilot.pause()
+        assert app.tensor_table.row_count == 210 and "cannot open" not in _info(app)
+
+
+async def test_missing_file_waits(tmp_path):
+    app = make_app([str(tmp_path / "later.gguf")])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "waiting for later.gguf" in _info(app)
+        assert app.load_errors == []
+        app.set_live_status("live")
+        await pilot.pause()
+        assert _info(app).rstrip().endswith("● live")
+
+
+async def test_help_screen_and_palette_commands():
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.press("question_mark")
+        from imatui.tui.screens.help import HelpScreen
+
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("view: per-layer table", "sort: by Σ(Act²)", "metric: ZD %", "sort: reverse",
+                      "screenshot: save SVG here", "diff: with the file selected in the browser"):
+            assert title in titles
+        command = next(c for c in app.get_system_commands(app.screen) if c.title == "metric: CosSim")
+        command.callback()
+        assert app.query_one(LayerSparklines).metric.key == "cossim"
+
+
+async def test_moe_tensor_columns_and_expert_plot(tmp_path):
+    rng = np.random.default_rng(3)
+    entries = {}
+    for layer in range(3):
+        counts = np.array([40.0, 0.0, 12.0, 7.0])
+        sums2 = rng.random((4, 16)).astype(np.float32) * counts[:, None].astype(np.float32)
+        name = f"blk.{layer}.ffn_down_exps.weight"
+        entries[name] = Entry.from_arrays(name, sums2, counts)
+        dense = f"blk.{layer}.attn_q.weight"
+        entries[dense] = Entry.from_arrays(dense, rng.random((1, 16)).astype(np.float32) * 59, np.array([59.0]))
+    im = Imatrix(entries=dict(sorted(entries.items())), datasets=["moe.txt"], chunk_count=3, chunk_size=20)
+    path = save(im, tmp_path / "moe.imatrix.gguf")
+    app = make_app([str(path)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        table = app.tensor_table
+        assert "experts_unused" in [c.key for c in table.spec]
+        assert table.cell_text("blk.1.ffn_down_exps.weight", "experts_unused") == "1"
+        app.query_one("#filter", Input).value = "exps"
+        await pilot.pause()
+        await pilot.press("down")
+        await app.wait_for_data()
+        await pilot.pause()
+        detail = app.query_one(DetailPane)
+        assert detail.has_class("-moe")
+        assert "tokens per expert (1 unused)" in detail.query_one("#plot-experts", PlotView).render().plain
+        assert "e0:" in detail.query_one("#detail-top").render().plain or \
+            "e2:" in detail.query_one("#detail-top").render().plain
