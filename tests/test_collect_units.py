@@ -63,7 +63,7 @@ def test_dense_hooks_sum_squares_and_count_tokens_of_3d_inputs():
         lambda mod, a: seen.__setitem__("down", a[0].detach().clone()))]
     ids = torch.randint(0, 64, (3, 10))
     with torch.no_grad():
-        model(ids)
+        hidden = model(ids, output_hidden_states=True).hidden_states
     for h in handles:
         h.remove()
     sums, sim, sim_tok = col.flush()
@@ -77,7 +77,10 @@ def test_dense_hooks_sum_squares_and_count_tokens_of_3d_inputs():
     np.testing.assert_allclose(s[0], x.sum(0).numpy(), rtol=1e-4, atol=1e-5)
     # q, k and v share one input
     np.testing.assert_array_equal(sums["blk.0.attn_q.weight"][0], sums["blk.0.attn_v.weight"][0])
-    assert sim_tok.tolist() == [30.0, 30.0] and np.all(np.abs(sim / sim_tok) <= 1.0)
+    assert sim_tok.tolist() == [30.0, 30.0]
+    # block 0: mean cosine between its input (the embeddings) and its output, over all 30 tokens
+    cos0 = torch.nn.functional.cosine_similarity(hidden[0].double(), hidden[1].double(), dim=-1).mean()
+    assert sim[0] / 30 == pytest.approx(float(cos0), abs=1e-6)
     # a flush resets
     assert not col.flush()[0]["blk.0.attn_q.weight"][2].any()
     col.remove()

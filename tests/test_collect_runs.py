@@ -1,0 +1,181 @@
+"""imatui collect as a process: SIGKILL at several moments + --resume, Ctrl-C, 2-process torchrun (gloo).
+
+A tiny random-weight llama with a byte-level tokenizer stands in for a real model, so every run is quick.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+TEXT = FIXTURES / "calibration" / "prose-16k.txt"  # 16,330 bytes: 127 chunks of 128 byte-tokens
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["<s>"], vocab["</s>"] = 256, 257
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    tok.save_pretrained(folder)
+    cfg = transformers.LlamaConfig(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   bos_token_id=256, eos_token_id=257)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def _args(model: Path, out: Path, *extra: str) -> list[str]:
+    return [str(model), "-f", str(TEXT), "-o", str(out), "-c", "128", "--device", "cpu", "--quiet", *extra]
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "imatui", "collect", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _chunks_in(path: Path) -> int:
+    from imatui.formats import load
+
+    try:
+        return load(path, lazy=False).chunk_count
+    except Exception:  # noqa: BLE001 - absent: no checkpoint yet
+        return -1
+
+
+def _assert_same(a_path: Path, b_path: Path, rtol: float = 1e-5) -> None:
+    from imatui.formats import load
+
+    a, b = load(a_path, lazy=False), load(b_path, lazy=False)
+    assert a.names() == b.names() and len(a) == 21  # 3 blocks x 7 weights
+    assert (a.chunk_count, a.chunk_size, a.datasets) == (b.chunk_count, b.chunk_size, b.datasets)
+    for name in a.names():
+        np.testing.assert_array_equal(a[name].counts, b[name].counts)
+        np.testing.assert_allclose(a[name].sums2, b[name].sums2, rtol=rtol, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a[name].sums, b[name].sums, rtol=rtol, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(a.metadata["imatui.layer_similarity"], b.metadata["imatui.layer_similarity"],
+                               atol=1e-6)
+    np.testing.assert_allclose(a.metadata["imatui.collect.nll"], b.metadata["imatui.collect.nll"], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, tmp_path_factory) -> Path:
+    """One uninterrupted run, in this process: 60 chunks, a checkpoint after every chunk."""
+    from imatui.collect.run import main
+
+    out = tmp_path_factory.mktemp("ref") / "ref.gguf"
+    assert main(_args(tiny_model, out, "--chunks", "60", "-b", "128", "--output-frequency", "1")) == 0
+    return out
+
+
+def test_reference_run(reference):
+    from imatui.formats import load
+
+    imx = load(reference, lazy=False)
+    assert imx.chunk_count == 60 and imx.chunk_size == 128
+    assert imx["blk.0.attn_q.weight"].counts.tolist() == [60 * 128.0]
+    assert imx.metadata["imatui.collect.nll_tokens"] == 60 * 63  # second half of each chunk, as llama
+
+
+def test_sigkill_at_several_moments_then_resume(tiny_model, reference, tmp_path):
+    out = tmp_path / "killed.gguf"
+    args = _args(tiny_model, out, "--chunks", "60", "-b", "128", "--output-frequency", "1")
+    seen = []
+    for i, kill_after in enumerate((3, 25)):
+        proc = _spawn(args + (["--resume"] if i else []))
+        deadline = time.monotonic() + 120
+        while _chunks_in(out) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        n = _chunks_in(out)  # the last checkpoint always opens, whatever the moment of the kill
+        assert 0 < n < 60, f"the collector was not killed mid-run (at {n} chunks)"
+        from imatui.formats import load
+
+        imx = load(out, lazy=False)
+        assert imx["blk.2.ffn_down.weight"].counts.tolist() == [n * 128.0]
+        assert imx.metadata["imatui.collect.chunks_done"] == n
+        seen.append(n)
+    assert seen[1] > seen[0]
+    proc = _spawn(args + ["--resume"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert f"resuming after chunk {seen[1]}" in err
+    assert not list(tmp_path.glob(".killed.gguf.*.tmp"))  # a kill mid-write leaves no debris behind
+    _assert_same(out, reference)
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_completes(tiny_model, reference, tmp_path):
+    out = tmp_path / "interrupted.gguf"
+    args = _args(tiny_model, out, "--chunks", "60", "-b", "128", "--output-frequency", "20")
+    proc = _spawn(args)
+    # wait until it runs (first checkpoint at 20 chunks), then Ctrl-C before the end
+    deadline = time.monotonic() + 120
+    while _chunks_in(out) < 20 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    n = _chunks_in(out)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C reached it")
+    assert proc.returncode == 130, err
+    assert f"interrupted after {n} of 60 chunks" in err and 20 <= n < 60
+    proc = _spawn(args + ["--resume"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _assert_same(out, reference)
+
+
+def test_resume_refuses_other_text(tiny_model, reference, tmp_path, capsys):
+    from imatui.collect.run import main
+
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT.read_text()[::-1])
+    out = tmp_path / "o.gguf"
+    out.write_bytes(reference.read_bytes())
+    rc = main([str(tiny_model), "-f", str(other), "-o", str(out), "-c", "128", "--resume", "--quiet"])
+    assert rc == 2 and "another text" in capsys.readouterr().err
+
+
+def test_two_processes_equal_one(tiny_model, tmp_path):
+    from imatui.collect.run import main
+
+    one = tmp_path / "one.gguf"
+    assert main(_args(tiny_model, one, "--chunks", "24", "-b", "256", "--output-frequency", "5",
+                      "--save-frequency", "10")) == 0
+    two = tmp_path / "two.gguf"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "imatui", "collect",
+                           *_args(tiny_model, two, "--chunks", "24", "-b", "256", "--output-frequency", "5",
+                                  "--save-frequency", "10")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 x cpu" in proc.stderr
+    _assert_same(one, two)
+    # llama-imatrix's snapshot names, from both runs
+    assert sorted(p.name for p in tmp_path.glob("two.gguf.at_*")) == ["two.gguf.at_10", "two.gguf.at_20"]
+    _assert_same(tmp_path / "one.gguf.at_20", tmp_path / "two.gguf.at_20")
