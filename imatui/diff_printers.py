@@ -119,10 +119,20 @@ def fmt_shift(value: int | None) -> str:
     return "-" if value is None else f"{value:+d}" if value else "0"
 
 
+def channel_label(t: TensorDiff) -> str:
+    """The top channel: its index, or expert:channel for a MoE tensor (n_mat > 1)."""
+    if t.top_channel is None:
+        return "-"
+    shape = t.shape_a or t.shape_b
+    if shape is not None and shape[0] > 1:
+        return f"e{t.top_channel // shape[1]}:{t.top_channel % shape[1]}"
+    return str(t.top_channel)
+
+
 def fmt_top(t: TensorDiff) -> str:
     if t.top_channel is None:
         return ""
-    return f"{t.top_channel}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+    return f"{channel_label(t)}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
 
 
 def _datasets(ds: list[str]) -> str:

@@ -160,6 +160,8 @@ def test_moe_zero_count_experts_are_left_out_of_both_sides():
     assert t.top_channel == live[i // 8] * 8 + i % 8
     # each side's Σ is its own llama Σ over its live experts
     assert t.sum_a == pytest.approx(float((s_a[[0, 2, 3]] / c_a[[0, 2, 3]][:, None]).sum()), rel=1e-6)
+    table = format_diff(report, "table")
+    assert f"e{t.top_channel // 8}:{t.top_channel % 8}: " in table  # expert:channel in the top column
     pair = channel_pair(_moe(c_a, s_a), _moe(c_b, s_b), t.name)
     assert pair.experts == live and np.allclose(pair.a, va) and np.allclose(pair.b, vb)
 

@@ -290,3 +290,54 @@ async def test_palette_commands():
         await pilot.press("enter")
         await pilot.pause()
         assert screen.mode == 1 and _labels(table)[1] == "Σ B"
+
+
+def _moe_files(tmp_path) -> tuple[str, str]:
+    """Two small MoE-shaped files: expert 1 never hit in B; blk.0.attn_q has another width in B."""
+    import numpy as np
+
+    from imatui.imatrix import Entry, Imatrix
+
+    rng = np.random.default_rng(7)
+    out = []
+    for side in ("a", "b"):
+        counts = np.array([40.0, 0.0 if side == "b" else 12.0, 30.0, 25.0])
+        sums2 = rng.random((4, 16)).astype(np.float32) * counts[:, None].astype(np.float32)
+        if side == "b":
+            sums2[2, 5] *= 50  # expert 2, channel 5 takes over in B
+        width = 8 if side == "b" else 12
+        entries = {
+            "blk.0.ffn_down_exps.weight": Entry.from_arrays("blk.0.ffn_down_exps.weight", sums2, counts),
+            "blk.0.attn_q.weight": Entry.from_arrays("blk.0.attn_q.weight",
+                                                     rng.random((1, width)).astype(np.float32), [10.0]),
+        }
+        im = Imatrix(entries=dict(sorted(entries.items())), datasets=[f"{side}.txt"], chunk_count=2,
+                     chunk_size=512)
+        out.append(str(save(im, tmp_path / f"moe-{side}.imatrix.gguf")))
+    return out[0], out[1]
+
+
+async def test_moe_and_shape_mismatch_rows(tmp_path):
+    a, b = _moe_files(tmp_path)
+    app = _Host(a, b)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        table = _table(screen)
+        assert _keys(table) == ["blk.0.ffn_down_exps.weight", "blk.0.attn_q.weight"]
+        moe = "blk.0.ffn_down_exps.weight"
+        assert _cell(table, moe, "channel") == "e2:5"
+        assert _cell(table, "blk.0.attn_q.weight", "note") == "shape mismatch: 1x12 in A, 1x8 in B"
+        plot = screen.query_one(OverlayPlot)
+        assert plot.pair.experts == [0, 2, 3] and plot.pair.a.shape == (48,)  # expert 1 left out of both
+        assert "3 experts × 16" in plot.render().plain
+        title = str(screen.query_one("#diff-detail-title", Static).render())
+        assert "1 experts without tokens in A or B left out" in title
+        # the shape-mismatch row: each side drawn on its own channels, and no B − A to draw
+        await pilot.press("down")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert plot.pair.name == "blk.0.attn_q.weight" and plot.pair.b.shape == (8,)
+        assert "shapes differ" in plot.render().plain
+        await pilot.press("v", "v")
+        await pilot.pause()
+        assert plot.mode == 2 and "shapes differ" in plot.render().plain

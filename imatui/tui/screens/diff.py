@@ -216,7 +216,7 @@ class OverlayPlot(Widget):
         if self.mode == 2 and pair.a.shape == pair.b.shape:
             xs, ys = _bucket(pair.b - pair.a, n, signed=True)
             fig.draw(fig.signal(xs, ys).label(f"{self.labels[1]} − {self.labels[0]}").lines(True))
-            fig.title("mean importance B − A (largest |Δ| per column)" + experts)
+            self._title(fig, "mean importance B − A per channel" + experts, width)
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
@@ -226,11 +226,17 @@ class OverlayPlot(Widget):
         positive = min(min(ya), min(yb)) > 0
         if positive:
             fig.ruler(1).scale("log")
-        title = "per-channel mean importance" + (", log" if positive else "") + " (max per column)"
+        title = "mean importance per channel" + (", log" if positive else "")
         if pair.a.shape != pair.b.shape:
-            title = "shapes differ: A and B drawn on their own channels"
-        fig.title(title + experts)
+            title = "shapes differ: each on its own channels"
+        self._title(fig, title + experts, width)
         return fig.build().string()
+
+    @staticmethod
+    def _title(fig, text: str, width: int) -> None:
+        # plotext leaves out a title wider than the figure: cut it to fit instead
+        room = max(8, width - 4)
+        fig.title(text if len(text) <= room else text[:room - 1] + "…")
 
 
     @staticmethod
