@@ -367,7 +367,6 @@ class ImatuiApp(App[None]):
 
     def action_cycle_view(self) -> None:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
-        self.notify(f"view: {self.view}", timeout=1.5)
 
     def watch_view(self, view: str) -> None:
         if view == "layers":

@@ -33,14 +33,17 @@ class InfoBar(Widget):
             text.append(f" · {len(r.tensors)} tensors · {r.chunk_count} × {r.chunk_size} · {datasets}")
         if self.state:
             text.append(f"  {self.state}", style="italic")
-        if self.live:
-            style = _LIVE_STYLES.get(self.live, "bold yellow")
-            marker = Text(f" ● {self.live} ", style=style)
-            pad = self.size.width - text.cell_len - marker.cell_len
-            if pad > 0:
-                text.append(" " * pad)
-            else:
-                text.append(" ")
-            text.append_text(marker)
-        text.truncate(max(1, self.size.width), overflow="ellipsis")
+        width = max(1, self.size.width)
+        if not self.live:
+            text.truncate(width, overflow="ellipsis")
+            return text
+        # the live marker always shows; the file details give way on a narrow terminal
+        marker = Text(f" ● {self.live} ", style=_LIVE_STYLES.get(self.live, "bold yellow"))
+        room = width - marker.cell_len - 1
+        if room < 8:
+            marker.truncate(width, overflow="ellipsis")
+            return marker
+        text.truncate(room, overflow="ellipsis")
+        text.append(" " * (width - text.cell_len - marker.cell_len))
+        text.append_text(marker)
         return text
