@@ -153,9 +153,9 @@ def test_four_chunk_statistics_agree_with_plain_numpy():
             prev = im[t.name.replace(f"blk.{t.layer}.", f"blk.{t.layer - 1}.")].sums2.astype(np.float64).reshape(-1)
             cos = raw @ prev / np.sqrt((raw @ raw) * (prev @ prev))
             assert t.cossim == pytest.approx(cos, abs=2e-4)
-        d = v - v.mean()
-        assert t.skewness == pytest.approx((d**3).mean() / (d**2).mean() ** 1.5, rel=1e-6)
-        assert t.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=1e-6)
+        d = v - v.mean()  # our extras accumulate float32 products per block: 1e-5 is their precision
+        assert t.skewness == pytest.approx((d**3).mean() / (d**2).mean() ** 1.5, rel=1e-5)
+        assert t.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=1e-5)
         assert t.dead == int(np.sum(v == 0))
         assert t.top_values[0] == pytest.approx(v.max(), rel=1e-6) and t.top_channels[0] == int(np.argmax(v))
     # per layer: element-weighted means of the tensors' Σ

@@ -304,39 +304,49 @@ def compute_stats(
     `progress(done, total)` is called after each tensor; `cancelled()` is polled between tensors and
     a True stops the pass early (returning None is not an option: it raises InterruptedError).
     """
+    from imatui.stats.batched import plan_batches, run_all
+
     path = None if imatrix.path is None else str(imatrix.path)
     names = list(imatrix.entries)
     order = sorted(names, key=lambda nm: _template(nm))
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(order))
+
+    # llama's statistics, batched by shape (see imatui.stats.batched), exact to the float32 digit
+    res = run_all(plan_batches(order, imatrix.entries, _template), path, cancelled, tick)
+    for name in order:
+        if res[name].error:
+            raise CorruptError(res[name].error, path)
     results: dict[str, TensorStats] = {}
     skipped: list[SkippedTensor] = []
-    # pairs for the layer-level activation distances (llama's compute_layer_statistics)
+    for name in order:
+        r, e = res[name], imatrix.entries[name]
+        if r.skipped:
+            skipped.append(SkippedTensor(name, "every matrix has a zero count (no tokens reached it)"))
+            continue
+        layer, kind = split_name(name)
+        ts = TensorStats(
+            name=name, layer=layer, kind=kind, n_mat=e.n_mat, n_in=e.n_in,
+            sum=r.total, min=r.vmin, max=r.vmax, mean=r.mean, std=r.dev, active=r.active, n=r.n,
+            entropy=r.entropy, entropy_norm=r.entropy_norm, zd=r.zd,
+            cossim=0.0 if layer is None else r.cossim,
+            skewness=r.skewness, kurtosis=r.kurtosis, dead=r.dead, tokens=int(e.counts.max()),
+            skipped_matrices=int(np.count_nonzero(e.counts <= 0)),
+            top_channels=r.top_channels, top_values=r.top_values,
+        )
+        if e.n_mat > 1:
+            ts.expert_counts = [int(c) for c in e.counts]
+            ts.experts_unused = ts.skipped_matrices
+        results[name] = ts
+
+    # activation statistics (in_sum), llama's "preferred" mode: one more pass over the tensors
     act_pairs: dict[int, list[float]] = {}
-    prev_template, prev_layer, prev_state = None, None, None
-    for i, name in enumerate(order):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("statistics cancelled")
-        e = imatrix.entries[name]
-        template, blk = _template(name)
-        prev = None
-        if template == prev_template and prev_layer is not None and blk == prev_layer + 1:
-            prev = prev_state
-        with np.errstate(all="ignore"):  # overflow is checked and reported, never warned about
-            ts, reason, state = _tensor_stats(name, e.sums2, e.counts, e.sums, prev, path)
-        if ts is None:
-            skipped.append(SkippedTensor(name, reason or "skipped"))
-        else:
-            results[name] = ts
-            if prev is not None and prev.act is not None and state.act is not None \
-                    and prev.act.size == state.act.size and blk > 0:
-                acc = act_pairs.setdefault(blk, [0.0, 0.0, 0.0, 0.0])
-                acc[0] += float(state.act @ prev.act)
-                acc[1] += float(state.act @ state.act)
-                acc[2] += float(prev.act @ prev.act)
-                d = state.act - prev.act
-                acc[3] += float(d @ d)
-        prev_template, prev_layer, prev_state = template, blk, state
-        if progress is not None:
-            progress(i + 1, len(order))
+    if imatrix.has_sums:
+        _activation_pass(imatrix, order, results, act_pairs, path, cancelled)
 
     # llama's order: kind ascending, then Σ descending (its comparator also ties on name order)
     tensors = sorted(results.values(), key=lambda t: (t.kind, -np.float32(t.sum), t.name))
@@ -353,6 +363,54 @@ def compute_stats(
         skipped_matrices=sum(t.skipped_matrices for t in tensors),
         has_activations=imatrix.has_sums,
     )
+
+
+def _activation_pass(imatrix: Imatrix, order: list[str], results: dict[str, TensorStats],
+                     act_pairs: dict[int, list[float]], path: str | None,
+                     cancelled: Callable[[], bool] | None) -> None:
+    """act_* of every tensor with in_sum, and the per-layer sums for llama's compute_layer_statistics."""
+    prev_template, prev_layer, prev_act = None, None, None
+    for name in order:
+        if cancelled is not None and cancelled():
+            raise InterruptedError("statistics cancelled")
+        e = imatrix.entries[name]
+        template, blk = _template(name)
+        prev = prev_act if (template == prev_template and prev_layer is not None
+                            and blk == prev_layer + 1) else None
+        act_full = None
+        sums = e.sums
+        if sums is not None:
+            live = e.counts > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                act_full = np.where(live[:, None], sums.astype(np.float64)
+                                    / np.where(live, e.counts, 1)[:, None], 0.0).reshape(-1)
+            ts = results.get(name)
+            if ts is not None:
+                a = act_full.reshape(e.n_mat, e.n_in)[live].reshape(-1)
+                if not np.all(np.isfinite(a)):
+                    raise CorruptError(f"tensor {name} has non-finite activation sums (NaN or Inf)", path)
+                ts.act_mean = float(a.mean())
+                ts.act_entropy = _entropy_bits(a * a)
+                ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
+                sd = float(a.std())
+                ts.act_zd = float(np.count_nonzero(np.abs((a - a.mean()) / sd) > 1) / a.size) if sd > 0 else 0.0
+                if prev is not None and prev.size == act_full.size:
+                    diff = act_full - prev
+                    ts.act_l2 = float(np.sqrt(diff @ diff))
+                    n1, n2 = float(act_full @ act_full), float(prev @ prev)
+                    if n1 > 0 and n2 > 0:
+                        ts.act_cossim = float(np.clip((act_full @ prev) / math.sqrt(n1 * n2), -1.0, 1.0))
+                    elif n1 == 0 and n2 == 0:
+                        ts.act_cossim = 1.0
+                    if ts.act_cossim is not None:
+                        ts.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ts.act_l2) * abs(ts.act_cossim) ** ECS_GAMMA
+                    if blk > 0:
+                        acc = act_pairs.setdefault(blk, [0.0, 0.0, 0.0, 0.0])
+                        acc[0] += float(act_full @ prev)
+                        acc[1] += n1
+                        acc[2] += n2
+                        acc[3] += float(diff @ diff)
+        prev_template, prev_layer, prev_act = template, blk, act_full
 
 
 def _layer_stats(tensors: list[TensorStats], act_pairs: dict[int, list[float]]) -> list[LayerStats]:

@@ -1,0 +1,438 @@
+"""llama.cpp's per-tensor statistics for many tensors at once, digit for digit and fast.
+
+llama-imatrix sums in float32, one element after the other (std::accumulate with 0.0f). Such a sum
+is a chain of dependent additions: numpy's cumsum follows it exactly but at ~3 ns an element, and a
+file of 250 M floats needs five such chains (Σ, Σv², entropy, and the two CosSim inner products).
+Summing over axis 0 of a C-ordered (rows, columns) matrix also adds row after row, so each column is
+still an exact element-by-element float32 chain, yet numpy vectorizes across the columns. So tensors
+of one shape are laid side by side as columns (a batch) and read block by block: every chain of every
+tensor in the batch advances with one vectorized call. Adding +0.0 leaves a float32 sum unchanged,
+which lets the rows of experts never hit (count 0, skipped by llama) stay in place as zeros.
+
+Two passes per batch, each reading the tensors block by block (never a whole file in memory): the
+first gives Σ, Σv², min, max, counts and the CosSim inner products, the second (which needs Σ, μ
+and σ) the entropy, ZD and the moments for skewness and kurtosis. Batches run on a small thread pool;
+numpy releases the GIL inside its loops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from imatui.errors import TruncatedError
+from imatui.imatrix import Entry
+
+F32 = np.float32
+ACTIVE_THRESHOLD = F32(1e-5)
+TOP_CHANNELS = 8
+MAX_COLUMNS = 48  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
+BLOCK_ELEMENTS = 1 << 19  # elements of one block matrix: about 2 MB, so the passes stay in cache
+_TINY = np.finfo(F32).smallest_subnormal
+_HAS_PREADV = hasattr(os, "preadv")
+
+
+@dataclass
+class TensorResult:
+    """The numbers of one tensor, as plain Python values (filled by the batch)."""
+
+    name: str
+    n: int = 0
+    total: float = 0.0
+    vmin: float = 0.0
+    vmax: float = 0.0
+    mean: float = 0.0
+    dev: float = 0.0
+    active: float = 0.0
+    entropy: float = 0.0
+    entropy_norm: float = 0.0
+    zd: float = 0.0
+    cossim: float | None = 0.0
+    skewness: float | None = None
+    kurtosis: float | None = None
+    dead: int = 0
+    top_channels: list[int] = field(default_factory=list)
+    top_values: list[float] = field(default_factory=list)
+    skipped: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Column:
+    name: str
+    entry: Entry
+    prev_adjacent: bool  # the same tensor of block N-1 is the column before (or the batch's helper)
+    helper: bool = False  # only read for the next column's CosSim
+    cos_undefined: bool = False  # block N-1 has this tensor in another shape: no CosSim (llama reads past it)
+
+
+def _chain(block: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Continue float32 element-by-element sums: acc[k], then block[0, k], block[1, k], ...
+
+    `block` is a temporary of ours (C-ordered rows x columns) and is modified.
+    """
+    if block.shape[0] == 0:
+        return acc
+    block[0] += acc  # fl(acc + x0): the next step of each chain
+    if block.shape[1] >= 8:
+        return np.add.reduce(block, axis=0)
+    # too few columns to vectorize across: numpy's cumsum follows the chain exactly too
+    return np.array([np.cumsum(block[:, k], dtype=F32)[-1] for k in range(block.shape[1])], dtype=F32)
+
+
+class _Source:
+    """Reads flat element ranges of one tensor's sums2: pread from the file, or slices of an array."""
+
+    def __init__(self, entry: Entry):
+        src = entry._sums2
+        self.slice = src if hasattr(src, "stamp") and hasattr(src, "offset") else None
+        self.array: np.ndarray | None = None
+        if self.slice is None:
+            arr = src() if callable(src) else src
+            self.array = np.ascontiguousarray(arr, dtype=F32).reshape(-1)
+
+    def read_into(self, out: np.ndarray, start: int, fds: dict) -> None:
+        n = out.size
+        if self.array is not None:
+            out[:] = self.array[start : start + n]
+            return
+        s = self.slice
+        fd = fds.get(s.path)
+        if fd is None:
+            try:
+                fd = os.open(s.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise TruncatedError("the file disappeared while it was being read", s.path) from None
+            fds[s.path] = fd
+            check_stamp(fd, s)
+        if _HAS_PREADV:  # straight into the block matrix, no intermediate bytes
+            got = os.preadv(fd, [memoryview(out).cast("B")], s.offset + 4 * start)
+        else:
+            data = os.pread(fd, 4 * n, s.offset + 4 * start)
+            got = len(data)
+            if got == 4 * n:
+                out[:] = np.frombuffer(data, dtype="<f4")
+        if got != 4 * n:
+            raise TruncatedError("the file ends inside its tensor data", s.path)
+
+
+def check_stamp(fd: int, s) -> None:
+    st = os.fstat(fd)
+    if (st.st_size, st.st_mtime_ns) != tuple(s.stamp):
+        raise TruncatedError("the file changed while it was being read (is it being rewritten?)", s.path)
+
+
+def _top_update(top_v: np.ndarray, top_i: np.ndarray, vals: np.ndarray, flat: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest (value, flat index) pairs, ties to the lower index."""
+    v = np.concatenate([top_v, vals])
+    i = np.concatenate([top_i, flat])
+    if v.size > k:
+        kth = np.partition(v, v.size - k)[v.size - k]
+        keep = v >= kth
+        v, i = v[keep], i[keep]
+    order = np.lexsort((i, -v.astype(np.float64)))[:k]
+    return v[order], i[order]
+
+
+def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None) -> list[TensorResult]:
+    """Statistics of the batch's non-helper columns (all of one shape), in column order."""
+    n_mat, n_in = cols[0].entry.shape
+    n = n_mat * n_in
+    K = len(cols)
+    rows_per_block = max(1, min(n_mat, BLOCK_ELEMENTS // max(1, K * n_in)))
+    sources = [_Source(c.entry) for c in cols]
+    counts = np.stack([np.asarray(c.entry.counts, dtype=np.float64).reshape(-1) for c in cols])  # (K, n_mat)
+    live = counts > 0
+    # llama divides a float by the int64 count: the count becomes a float32
+    cnt = np.where(live, counts, np.inf).astype(F32)  # x / inf = 0 for the rows it skips
+    n_live = live.sum(axis=1) * n_in
+    real = np.array([not c.helper for c in cols])
+
+    results = [TensorResult(c.name) for c in cols]
+    total = np.zeros(K, F32)
+    sqr = np.zeros(K, F32)
+    mag = np.zeros(K, F32)
+    dp = np.zeros(max(K - 1, 0), F32)
+    vmin = np.full(K, np.inf, F32)
+    vmax = np.full(K, -np.inf, F32)
+    inactive = np.zeros(K, np.int64)
+    zeros = np.zeros(K, np.int64)
+    top = [(np.empty(0, F32), np.empty(0, np.int64)) for _ in range(K)]
+    kk = [min(TOP_CHANNELS, int(x)) for x in n_live]
+    # the value to beat to enter a tensor's top list (+inf: no list wanted)
+    top_thr = np.where(real & (np.array(kk) > 0), -np.inf, np.inf).astype(F32)
+    buf = np.empty((K, rows_per_block * n_in), F32)
+    fds: dict[str, int] = {}
+
+    def blocks():
+        for r0 in range(0, n_mat, rows_per_block):
+            if cancelled is not None and cancelled():
+                raise InterruptedError("statistics cancelled")
+            r1 = min(n_mat, r0 + rows_per_block)
+            e0, e1 = r0 * n_in, r1 * n_in
+            raw = buf[:, : e1 - e0]
+            for k, src in enumerate(sources):
+                src.read_into(raw[k], e0, fds)
+            # per-channel means, (K, elements): rows of experts never hit become 0
+            vals = (raw.reshape(K, r1 - r0, n_in) / cnt[:, r0:r1, None]).reshape(K, e1 - e0)
+            dead_rows = ~live[:, r0:r1]
+            yield r0, r1, e0, e1, raw, vals, dead_rows
+        # a file rewritten while we read it (llama-imatrix rewrites in place) must not give numbers
+        for src in sources:
+            if src.slice is not None:
+                check_stamp(fds[src.slice.path], src.slice)
+
+    try:
+        with np.errstate(all="ignore"):
+            # pass 1: Σ, Σv², min, max, % active, zeros, CosSim inner products, top channels
+            for r0, r1, e0, e1, raw, vals, dead_rows in blocks():
+                m = r1 - r0
+                nd = dead_rows.sum(axis=1) * n_in  # zeros standing in for skipped rows
+                # order-free statistics on (tensor, element) rows: contiguous, SIMD
+                vmax = np.maximum(vmax, vals.max(axis=1))
+                bmin = vals.min(axis=1)
+                for k in np.flatnonzero(bmin <= ACTIVE_THRESHOLD):  # most blocks have none
+                    inactive[k] += np.count_nonzero(vals[k] <= ACTIVE_THRESHOLD) - nd[k]
+                    if bmin[k] == 0:
+                        zeros[k] += np.count_nonzero(vals[k] == 0) - nd[k]
+                for k in np.flatnonzero(nd):
+                    lv = vals[k].reshape(m, n_in)[~dead_rows[k]]
+                    bmin[k] = lv.min() if lv.size else np.inf
+                vmin = np.minimum(vmin, bmin)
+                bmax = vals.max(axis=1)
+                for k in np.flatnonzero(bmax > top_thr):  # only blocks that can enter the top list
+                    tv, ti = top[k]
+                    cand = np.flatnonzero(vals[k] > top_thr[k])
+                    if nd[k] and cand.size:
+                        cand = cand[~dead_rows[k][cand // n_in]]
+                    if cand.size:
+                        tv, ti = top[k] = _top_update(tv, ti, vals[k][cand], cand + e0, kk[k])
+                        if tv.size == kk[k]:
+                            top_thr[k] = tv[-1]
+                # the float32 chains, on (element, tensor) matrices
+                vt = np.ascontiguousarray(vals.T)
+                sq = vt * vt
+                total = _chain(vt, total)
+                sqr = _chain(sq, sqr)
+                rt = np.ascontiguousarray(raw.T)
+                if K > 1:
+                    dp = _chain(rt[:, 1:] * rt[:, :-1], dp)
+                np.multiply(rt, rt, out=rt)
+                mag = _chain(rt, mag)
+
+            mean = np.zeros(K, F32)
+            dev = np.zeros(K, F32)
+            ok = np.zeros(K, bool)
+            for k, c in enumerate(cols):
+                r = results[k]
+                if c.helper:
+                    continue
+                if n_live[k] == 0:
+                    r.skipped = True
+                    continue
+                if not np.isfinite(mag[k]):
+                    bad = _count_nonfinite(sources[k], n, fds)
+                    if bad:
+                        r.error = f"tensor {c.name} has {bad} non-finite values (NaN or Inf)"
+                        continue
+                if vmin[k] < 0:
+                    r.error = f"tensor {c.name} has negative sums of squares (min {float(vmin[k]):g})"
+                    continue
+                if not (np.isfinite(total[k]) and np.isfinite(sqr[k])):
+                    r.error = (f"tensor {c.name} has values too large for float32 statistics "
+                               f"(max {float(vmax[k]):g}: their sums overflow to Inf)")
+                    continue
+                nf = F32(n_live[k])
+                mean[k] = F32(total[k] / nf)
+                var = F32(F32(sqr[k] / nf) - F32(mean[k] * mean[k]))
+                dev[k] = F32(np.sqrt(max(F32(0.0), var)))
+                ok[k] = True
+            if any(r.error for r in results):
+                return [r for r, c in zip(results, cols) if not c.helper]
+
+            # pass 2: entropy (needs Σ), ZD (needs μ, σ), central moments
+            ent = np.zeros(K, F32)
+            zcount = np.zeros(K, np.int64)
+            m2 = np.zeros(K)
+            m3 = np.zeros(K)
+            m4 = np.zeros(K)
+            safe_total = np.where(total > 0, total, F32(1)).astype(F32)
+            safe_dev = np.where(dev > 0, dev, F32(1)).astype(F32)
+            # llama counts fl(fl(v - μ) / σ) > 1; that is monotone in v, so it is v >= v* for one v*
+            vstar = np.array([_z_threshold(mean[k], dev[k]) if ok[k] and dev[k] > 0 else np.inf
+                              for k in range(K)], dtype=F32)
+            if ok.any():
+                for r0, r1, e0, e1, raw, vals, dead_rows in blocks():
+                    zcount += np.count_nonzero(vals >= vstar[:, None], axis=1)  # skipped rows: 0 < v*
+                    # moments of z = (v - μ) / σ: scale-free, so float32 powers cannot overflow
+                    z = (vals - mean[:, None]) / safe_dev[:, None]
+                    z2 = z * z
+                    m2 += np.einsum("ij,ij->i", z, z)
+                    m3 += np.einsum("ij,ij->i", z2, z)
+                    m4 += np.einsum("ij,ij->i", z2, z2)
+                    nd = dead_rows.sum(axis=1) * n_in
+                    for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / σ)^p each
+                        mu = float(mean[k]) / float(safe_dev[k])
+                        m2[k] -= nd[k] * mu * mu
+                        m3[k] -= nd[k] * -(mu**3)
+                        m4[k] -= nd[k] * mu**4
+                    # fl(v / Σ) as llama; p * log2(p), where 0 * log2(tiny) = -0.0 leaves the chain as it is
+                    pt = np.ascontiguousarray((vals / safe_total[:, None]).T)
+                    ent = _chain(pt * np.log2(np.maximum(pt, _TINY)), ent)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+    out: list[TensorResult] = []
+    for k, c in enumerate(cols):
+        if c.helper:
+            continue
+        r = results[k]
+        # CosSim from the raw inner products (llama's compute_cossim, float32)
+        if c.cos_undefined:
+            r.cossim = None
+        elif c.prev_adjacent and k > 0:
+            ma = np.sqrt(mag[k], dtype=F32)
+            mb = np.sqrt(mag[k - 1], dtype=F32)
+            denom = F32(ma * mb)
+            d_ = dp[k - 1]
+            r.cossim = None if (not np.isfinite(d_) or denom == 0 or not np.isfinite(denom)) else float(F32(d_ / denom))
+        if r.skipped or not ok[k]:
+            out.append(r)
+            continue
+        nf = F32(n_live[k])
+        nl = int(n_live[k])
+        r.n = nl
+        r.total, r.vmin, r.vmax = float(total[k]), float(vmin[k]), float(vmax[k])
+        r.mean, r.dev = float(mean[k]), float(dev[k])
+        r.active = float(F32(1) - F32(inactive[k]) / nf)
+        entropy = F32(-ent[k]) if total[k] > 0 else F32(0.0)
+        r.entropy = float(entropy)
+        r.entropy_norm = float(F32(entropy / F32(math.log2(nl)))) if nl > 1 else 0.0
+        r.zd = float(F32(F32(zcount[k] if dev[k] > 0 else 0) / nf))
+        c2, c3, c4 = m2[k] / nl, m3[k] / nl, m4[k] / nl
+        if dev[k] > 0 and c2 > 0 and math.isfinite(c3) and math.isfinite(c4):
+            r.skewness = float(c3 / c2**1.5)
+            r.kurtosis = float(c4 / (c2 * c2) - 3.0)
+        r.dead = int(zeros[k])
+        tv, ti = top[k]
+        r.top_channels = [int(i) for i in ti]
+        r.top_values = [float(v) for v in tv]
+        out.append(r)
+    return out
+
+
+def _z_threshold(mean: np.float32, dev: np.float32) -> np.float32:
+    """The smallest float32 v with fl(fl(v - mean) / dev) > 1 (llama's one-tailed ZD test)."""
+    one = F32(1)
+
+    def hit(v: np.float32) -> bool:
+        return bool(F32(F32(v - mean) / dev) > one)
+
+    v = F32(mean + dev)
+    if hit(v):
+        while hit(down := np.nextafter(v, F32(-np.inf), dtype=F32)):
+            v = down
+        return v
+    while not hit(v):
+        v = np.nextafter(v, F32(np.inf), dtype=F32)
+    return v
+
+
+def _count_nonfinite(src: _Source, n: int, fds: dict[str, int]) -> int:
+    bad = 0
+    step = BLOCK_ELEMENTS
+    tmp = np.empty(min(n, step), F32)
+    for s in range(0, n, step):
+        part = tmp[: min(step, n - s)]
+        src.read_into(part, s, fds)
+        bad += int(np.count_nonzero(~np.isfinite(part)))
+    return bad
+
+
+def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable[[str], tuple[str, int]]
+                 ) -> list[list[Column]]:
+    """Group tensors by shape (in the statistics order) into batches of at most MAX_COLUMNS.
+
+    A tensor's CosSim partner (blk N-1, same name otherwise) comes right before it in the order;
+    when a batch boundary falls between them, the partner is read again as the batch's helper.
+    """
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    for name in order:
+        by_shape.setdefault(tuple(entries[name].shape), []).append(name)
+    prev_of: dict[str, str | None] = {}
+    last_t, last_b, last_name = None, None, None
+    for name in order:
+        t, b = template(name)
+        prev_of[name] = last_name if (t == last_t and last_b is not None and b == last_b + 1 and b > 0) else None
+        last_t, last_b, last_name = t, b, name
+    batches: list[list[Column]] = []
+    for shape, names in by_shape.items():
+        width = MAX_COLUMNS
+        if len(names) > MAX_COLUMNS:  # equal widths balance the threads
+            nb = -(-len(names) // MAX_COLUMNS)
+            width = -(-len(names) // nb)
+        for s in range(0, len(names), width):
+            chunk = names[s : s + width]
+            cols: list[Column] = []
+            first_prev = prev_of[chunk[0]]
+            if first_prev is not None and tuple(entries[first_prev].shape) == shape:
+                cols.append(Column(first_prev, entries[first_prev], False, helper=True))
+            for name in chunk:
+                p = prev_of[name]
+                adjacent = p is not None and (cols[-1].name == p if cols else False)
+                undefined = p is not None and tuple(entries[p].shape) != shape
+                cols.append(Column(name, entries[name], adjacent, cos_undefined=undefined))
+            batches.append(cols)
+    return batches
+
+
+def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
+            progress: Callable[[int], None] | None = None, threads: int | None = None) -> dict[str, TensorResult]:
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+        threads = max(1, min(4, threads))
+    # the biggest batches first, so the threads finish together
+    batches = sorted(batches, key=lambda b: -sum(c.entry.size for c in b))
+    out: dict[str, TensorResult] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def is_cancelled() -> bool:
+        return stop.is_set() or (cancelled is not None and cancelled())
+
+    def work(cols: list[Column]) -> list[TensorResult]:
+        res = run_batch(cols, path, is_cancelled)
+        if progress is not None:
+            with lock:
+                progress(len(res))
+        return res
+
+    if threads == 1 or len(batches) == 1:
+        for b in batches:
+            for r in work(b):
+                out[r.name] = r
+        return out
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imatui-stats") as pool:
+        futures = [pool.submit(work, b) for b in batches]
+        try:
+            for f in futures:
+                for r in f.result():
+                    out[r.name] = r
+        except BaseException:
+            stop.set()
+            raise
+    return out
+
+
+__all__ = ["TensorResult", "Column", "plan_batches", "run_all", "run_batch"]

@@ -1,0 +1,120 @@
+"""The batched statistics engine gives exactly what the plain per-tensor implementation gives.
+
+imatui.stats.tensor._tensor_stats is the straightforward transcription of llama.cpp's loops (one
+tensor, numpy cumsum for its float32 sums); imatui.stats.batched computes many tensors side by side
+in blocks. They must agree to the bit on every llama column, whatever the batch and block sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imatui.formats import load, save
+from imatui.imatrix import Entry, Imatrix
+from imatui.stats import batched
+from imatui.stats.tensor import _Prev, _template, _tensor_stats, compute_stats
+
+LLAMA_FIELDS = ["sum", "min", "max", "mean", "std", "active", "n", "entropy", "entropy_norm", "zd", "cossim",
+                "dead", "tokens", "skipped_matrices", "expert_counts", "experts_unused"]
+
+
+def synthetic() -> Imatrix:
+    rng = np.random.default_rng(42)
+    entries = {}
+
+    def add(name, n_mat, n_in, counts=None):
+        counts = np.asarray(counts if counts is not None else rng.integers(1, 900, n_mat), dtype=np.float64)
+        sums2 = rng.lognormal(0, 2, (n_mat, n_in)).astype(np.float32) * counts[:, None].astype(np.float32)
+        sums2[counts == 0] = 0
+        sums2[:, rng.integers(0, n_in, 2)] = 0  # dead channels
+        sums2[:, :3] *= 1e-9  # inactive ones
+        entries[name] = Entry.from_arrays(name, sums2, counts)
+
+    for blk in range(13):
+        add(f"blk.{blk}.attn_q.weight", 1, 40)
+        add(f"blk.{blk}.attn_k.weight", 1, 24 if blk != 6 else 40)  # blk 6 differs: no CosSim for 6, 7
+        counts = rng.integers(0, 50, 6)
+        counts[blk % 6] = 0
+        add(f"blk.{blk}.ffn_up_exps.weight", 6, 16, counts)
+        if blk < 3:
+            add(f"blk.{blk}.ffn_down.weight", 1, 64)  # 3 of a shape: the cumsum path
+    add("blk.13.ffn_up_exps.weight", 6, 16, np.zeros(6))  # never hit: skipped, still CosSim's partner
+    add("blk.14.ffn_up_exps.weight", 6, 16)
+    add("output.weight", 1, 40)
+    return Imatrix(entries=dict(sorted(entries.items())), datasets=["s"], chunk_count=1, chunk_size=512)
+
+
+def reference(im: Imatrix) -> dict:
+    """Per tensor with _tensor_stats, visiting the tensors in the statistics order."""
+    out = {}
+    prev_t, prev_b, prev_s = None, None, None
+    for name in sorted(im.entries, key=_template):
+        e = im.entries[name]
+        t, b = _template(name)
+        prev = prev_s if (t == prev_t and prev_b is not None and b == prev_b + 1) else None
+        with np.errstate(all="ignore"):
+            ts, _, state = _tensor_stats(name, e.sums2, e.counts, None, prev, None)
+        if ts is not None:
+            out[name] = ts
+        prev_t, prev_b, prev_s = t, b, _Prev(raw=state.raw, act=None)
+    return out
+
+
+@pytest.mark.parametrize("columns,block", [(48, 1 << 19), (5, 64), (9, 16), (2, 1)])
+def test_batched_equals_reference(monkeypatch, columns, block):
+    monkeypatch.setattr(batched, "MAX_COLUMNS", columns)
+    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", block)
+    im = synthetic()
+    ref = reference(im)
+    report = compute_stats(im)
+    assert {t.name for t in report.tensors} == set(ref)
+    assert [s.name for s in report.skipped] == ["blk.13.ffn_up_exps.weight"]
+    assert report.tensor("blk.7.attn_k.weight").cossim is None  # blk 6 has another shape
+    # the partner (blk 13) was skipped and is all zeros: llama would divide by 0, we print nothing
+    assert report.tensor("blk.14.ffn_up_exps.weight").cossim is None
+    assert report.tensor("blk.12.ffn_up_exps.weight").cossim is not None
+    for t in report.tensors:
+        r = ref[t.name]
+        for f in LLAMA_FIELDS:
+            assert getattr(t, f) == getattr(r, f), (t.name, f, getattr(t, f), getattr(r, f))
+        assert t.skewness == pytest.approx(r.skewness, rel=1e-4)
+        assert t.kurtosis == pytest.approx(r.kurtosis, rel=1e-4)
+        assert t.top_values == pytest.approx(r.top_values, rel=0)
+        assert sorted(t.top_channels) == sorted(r.top_channels)
+
+
+def test_threads_do_not_change_anything(monkeypatch):
+    monkeypatch.setattr(batched, "MAX_COLUMNS", 4)
+    im = synthetic()
+    order = sorted(im.entries, key=_template)
+    one = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=1)
+    two = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=3)
+    assert one == two
+
+
+def test_lazy_file_and_memory_agree(tmp_path):
+    im = synthetic()
+    p = tmp_path / "s.gguf"
+    save(im, p)
+    a, b = compute_stats(im), compute_stats(load(p))
+    assert [t.to_dict() for t in a.tensors] == [t.to_dict() for t in b.tensors]
+
+
+def test_cancel_stops_with_interrupted_error():
+    im = synthetic()
+    calls = []
+
+    def cancelled():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(InterruptedError):
+        compute_stats(im, cancelled=cancelled)
+
+
+def test_progress_reaches_the_total():
+    seen = []
+    im = synthetic()
+    compute_stats(im, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (len(im), len(im)) and all(d <= t for d, t in seen)
