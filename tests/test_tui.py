@@ -212,6 +212,32 @@ async def test_browser_lists_imatrix_files_and_opens_them(tmp_path):
         assert not tree.display
 
 
+async def test_browser_mounts_on_demand_and_diff_key(tmp_path):
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        assert app.browser is None  # not listed until asked for
+        await pilot.press("d")  # no other file chosen yet: a hint, and the browser opens
+        await pilot.pause()
+        tree = app.browser
+        assert tree is not None and tree.display and app.focused is tree
+        assert any("select the other file" in n.message for n in app._notifications)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if tree.root.children:
+                break
+        names = [str(n.label) for n in tree.root.children]
+        target = names.index("smollm2-code.imatrix.gguf")
+        for _ in range(target + 1):
+            await pilot.press("down")
+        assert tree.highlighted_file.name == "smollm2-code.imatrix.gguf"
+        await pilot.press("d")
+        await pilot.pause()
+        from imatui.tui.screens.diff import DiffScreen
+
+        assert isinstance(app.screen, DiffScreen)
+
+
 async def test_reload_keeps_cursor_sort_and_filter():
     app = make_app([str(PROSE)])
     async with app.run_test(size=SIZE) as pilot:

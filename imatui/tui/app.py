@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix
 from imatui.stats.tensor import StatsReport
-from imatui.tui.messages import ChannelsReady, DataLoaded, LoadFailed
+from imatui.tui.messages import ChannelsReady, DataLoaded, LoadFailed, LoadProgress
 from imatui.tui.widgets.channel_plot import DetailPane, channel_values
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
@@ -33,6 +33,7 @@ from imatui.tui.widgets.layer_sparklines import LayerSparklines
 from imatui.tui.widgets.stats_table import LayerTable, StatsTable, TensorTable, name_matcher
 
 VIEWS = ("all", "table", "layers", "detail")
+ENDLESS_GROUPS = {"watch", "_loader"}
 # below this width the detail pane only shows in the "detail" view
 NARROW = 100
 
@@ -84,6 +85,9 @@ class ImatuiApp(App[None]):
         self.load_started: float | None = None
         self.table_filled_at: float | None = None
         self.load_errors: list[str] = []
+        self.created_at = time.perf_counter()
+        self.first_frame_at: float | None = None
+        self._open_scheduled = False
 
     @staticmethod
     def _plan(paths: list[str]) -> tuple[Path, str | None, list[str]]:
@@ -102,9 +106,10 @@ class ImatuiApp(App[None]):
     def compose(self) -> ComposeResult:
         yield InfoBar(id="info")
         with Horizontal(id="body"):
-            tree = ImatrixTree(self.browse_root, id="browser")
-            tree.display = self._initial_path is None or bool(self.series)
-            yield tree
+            if self._initial_path is None or self.series:
+                yield ImatrixTree(self.browse_root.resolve(), id="browser")
+            # otherwise the browser is mounted when first shown (b): listing a folder checks the
+            # bytes of every candidate file, work that must not slow down the first load
             with MainView(id="main"):
                 yield Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
                             id="filter")
@@ -130,25 +135,41 @@ class ImatuiApp(App[None]):
 
     def on_mount(self) -> None:
         self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
+        self.call_after_refresh(self._first_frame)
         info = self.query_one(InfoBar)
-        browser = self.query_one("#browser")
         self.query_one("#filter").display = False
         self._apply_layout()
         if self._initial_path is None:
             info.path = str(self.browse_root)
             info.state = "choose an imatrix file in the browser (Enter opens it)"
             self.query_one(DetailPane).clear("no file open")
-            browser.focus()
+            self.query_one("#browser").focus()
         elif not Path(self._initial_path).exists():
             info.path = self._initial_path
             self.set_live_status(f"waiting for {Path(self._initial_path).name}")
             self.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
             self.current_path = self._initial_path
         else:
-            self.open_path(self._initial_path)
+            # paint the first frame before the loader thread competes for the GIL
+            self._open_scheduled = True
+            self.call_after_refresh(self._open_initial, self._initial_path)
             self.tensor_table.focus()
         if self.diff_with:
             self._push_diff(self.paths[0], self.diff_with)
+
+    @property
+    def _view_alive(self) -> bool:
+        """False while the app shuts down (workers' messages may still arrive then)."""
+        return bool(self.screen_stack) and bool(self.screen_stack[0].query("#main"))
+
+    def _open_initial(self, path: str) -> None:
+        self._open_scheduled = False
+        if self.current_path is None:
+            self.open_path(path)
+
+    def _first_frame(self) -> None:
+        if self.first_frame_at is None:
+            self.first_frame_at = time.perf_counter()
 
     # -- public API (also used by the watcher) -----------------------------------------------
     def open_path(self, path: str | Path) -> None:
@@ -197,9 +218,17 @@ class ImatuiApp(App[None]):
         from imatui.stats.tensor import compute_stats
 
         worker = get_current_worker()
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.1:  # ten header updates a second are plenty
+                last[0] = now
+                self.post_message(LoadProgress(path, done, total))
+
         try:
             imatrix = load(path, chunk_size=self.chunk_size)
-            report = compute_stats(imatrix, cancelled=lambda: worker.is_cancelled)
+            report = compute_stats(imatrix, progress=progress, cancelled=lambda: worker.is_cancelled)
         except InterruptedError:
             return
         except ImatrixError as exc:
@@ -212,7 +241,7 @@ class ImatuiApp(App[None]):
             self.post_message(DataLoaded(path, imatrix, report))
 
     def on_data_loaded(self, message: DataLoaded) -> None:
-        if message.path != self.current_path or not self.query(TensorTable):
+        if message.path != self.current_path or not self._view_alive:
             return  # a file the user has since moved away from, or the app is closing
         self.imatrix, self.report = message.imatrix, message.report
         info = self.query_one(InfoBar)
@@ -231,8 +260,14 @@ class ImatuiApp(App[None]):
             self.table_filled_at = time.perf_counter()
         self._select(self.tensor_table.selected_key, force=True)
 
+    def on_load_progress(self, message: LoadProgress) -> None:
+        if message.path == self.current_path and self._view_alive:
+            self.query_one(InfoBar).state = f"statistics {message.done}/{message.total}…"
+
     def on_load_failed(self, message: LoadFailed) -> None:
         self.load_errors.append(message.message)
+        if not self._view_alive:
+            return
         self.tensor_table.loading = False
         info = self.query_one(InfoBar)
         info.state = "" if self.report is not None and message.path == self.current_path else "cannot open"
@@ -241,10 +276,14 @@ class ImatuiApp(App[None]):
     # -- selection and detail ----------------------------------------------------------------
     @on(DataTable.RowHighlighted, "#tensors")
     def _tensor_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if not self._view_alive:
+            return
         self._select(None if event.row_key is None else str(event.row_key.value))
 
     @on(DataTable.RowHighlighted, "#layers")
     def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if not self._view_alive:
+            return
         if event.row_key is not None and self.query_one("#tables", ContentSwitcher).current == "layers":
             self.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
 
@@ -279,14 +318,17 @@ class ImatuiApp(App[None]):
         if message.path != self.current_path or message.name != self.selected_name or self.report is None:
             return
         t = self.report.tensor(message.name)
-        panes = self.query(DetailPane)  # empty while the app shuts down
-        if t is not None and panes:
-            panes.first().show_channels(t, message.values, message.counts)
+        if t is not None and self._view_alive:
+            self.query_one(DetailPane).show_channels(t, message.values, message.counts)
 
     async def wait_for_data(self) -> None:
         """Until the file is loaded and the detail pane drawn (for tests, headless screenshots)."""
+        while self._open_scheduled:
+            await asyncio.sleep(0.005)
         for _ in range(100):
-            busy = [w for w in self.workers if w.group in ("load", "channels") and not w.is_finished]
+            # every finite worker: ours, the diff screen's; not the endless ones (the file watcher,
+            # DirectoryTree's loader queue)
+            busy = [w for w in self.workers if not w.is_finished and w.group not in ENDLESS_GROUPS]
             if not busy:
                 break
             await self.workers.wait_for_complete(busy)
@@ -299,13 +341,24 @@ class ImatuiApp(App[None]):
         self.open_path(str(event.path))
         self.tensor_table.focus()
 
+    @property
+    def browser(self) -> ImatrixTree | None:
+        found = self.query("#browser")
+        return found.first(ImatrixTree) if found else None
+
+    def show_browser(self, show: bool = True) -> ImatrixTree | None:
+        browser = self.browser
+        if browser is None and show:
+            browser = ImatrixTree(self.browse_root.resolve(), id="browser")
+            self.query_one("#body").mount(browser, before="#main")
+        if browser is not None:
+            browser.display = show
+            browser.focus() if show else self.active_table.focus()
+        return browser
+
     def action_toggle_browser(self) -> None:
-        browser = self.query_one("#browser", ImatrixTree)
-        browser.display = not browser.display
-        if browser.display:
-            browser.focus()
-        else:
-            self.active_table.focus()
+        browser = self.browser
+        self.show_browser(browser is None or not browser.display)
 
     # -- filter ---------------------------------------------------------------------------------
     def action_filter(self) -> None:
@@ -386,15 +439,14 @@ class ImatuiApp(App[None]):
 
     # -- diff, screenshot, help ----------------------------------------------------------------
     def action_diff(self) -> None:
-        other = self.query_one("#browser", ImatrixTree).highlighted_file
+        browser = self.browser
+        other = browser.highlighted_file if browser is not None and browser.display else None
         if self.current_path is None or self.report is None:
             self.notify("open a file first", severity="warning")
             return
         if other is None:
-            self.notify("select the other file in the browser (b), then press d", severity="warning")
-            browser = self.query_one("#browser", ImatrixTree)
-            browser.display = True
-            browser.focus()
+            self.notify("select the other file in the browser, then press d", severity="warning")
+            self.show_browser(True)
             return
         self._push_diff(self.current_path, str(other))
 

@@ -37,6 +37,18 @@ class LoadFailed(Message):
 
 
 @dataclass
+class LoadProgress(Message):
+    """Statistics are being computed: `done` of `total` tensors (for the header)."""
+
+    path: str
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LoadProgress) and message.path == self.path
+
+
+@dataclass
 class ChannelsReady(Message):
     """Per-channel values of one tensor, for the detail pane (computed off the UI thread)."""
 
