@@ -150,10 +150,13 @@ def _llama_sum(entry: Entry, sums2: np.ndarray) -> float | None:
     return float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
 
 
+_TINY = np.finfo(np.float64).tiny
+
+
 def _xlogx(p: np.ndarray) -> float:
-    """Σ p ln p with 0 ln 0 = 0, without copying the non-zero values out."""
-    logs = np.zeros_like(p)
-    np.log(p, out=logs, where=p > 0)
+    """Σ p ln p with 0 ln 0 = 0 (0 · ln tiny is 0); unmasked, so numpy's vector log runs."""
+    logs = np.maximum(p, _TINY)
+    np.log(logs, out=logs)
     return float(np.dot(p, logs))
 
 
@@ -185,8 +188,9 @@ def _compare(sa: np.ndarray, ca: np.ndarray, sb: np.ndarray, cb: np.ndarray, row
     step = max(1, CHUNK_VALUES // n_in)
     pq = pp = qq = hp = hq = hm = 0.0
     best, best_i, best_p, best_q = -1.0, 0, 0.0, 0.0
+    dense = len(rows) == sa.shape[0]  # every matrix live: contiguous slices, no gather copies
     for start in range(0, len(rows), step):
-        r = rows[start:start + step]
+        r = slice(start, start + step) if dense else rows[start:start + step]
         p = np.divide(sa[r], (ca[r] * ta)[:, None], dtype=np.float64).reshape(-1)
         q = np.divide(sb[r], (cb[r] * tb)[:, None], dtype=np.float64).reshape(-1)
         pq += float(np.dot(p, q))
