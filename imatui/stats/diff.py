@@ -6,6 +6,12 @@ information about that expert, so it is left out of *both* vectors (the cosine a
 computed over the experts live in A and in B); Σ and the ranks are each file's own llama-imatrix Σ
 (the sum of the means over that file's live matrices), so they agree with `imatui stats`.
 
+- cossim: cosine of the two mean-importance vectors (scale-free: 1 means the same shape of
+  importance over the channels, whatever the overall level).
+- js: Jensen–Shannon divergence of the two vectors normalized to sum 1, in bits (0 same, 1 disjoint).
+- rank: position of the tensor by Σ among all tensors of its file (1 = largest); shift = B - A.
+- top channel: the channel whose share of the tensor's Σ moved most between A and B.
+
 Tensors are read one at a time from both files (lazy entries), so two 1 GB files are never in RAM.
 """
 
@@ -292,8 +298,9 @@ def channel_pair(a: Imatrix, b: Imatrix, name: str) -> ChannelPair:
 
 
 def _ranks(sums: dict[str, float | None]) -> dict[str, int]:
-    order = sorted((s is None, -(s or 0.0), n) for n, s in sums.items() if s is not None)
-    return {n: i + 1 for i, (_, _, n) in enumerate(order)}
+    """1 = largest Σ among the tensors that have one; ties in name order."""
+    order = sorted((-s, n) for n, s in sums.items() if s is not None)
+    return {n: i + 1 for i, (_, n) in enumerate(order)}
 
 
 def _header(a: Imatrix, b: Imatrix) -> list[HeaderDiff]:
