@@ -377,3 +377,45 @@ async def test_moe_tensor_columns_and_expert_plot(tmp_path):
         assert "tokens per expert (1 unused)" in detail.query_one("#plot-experts", PlotView).render().plain
         assert "e0:" in detail.query_one("#detail-top").render().plain or \
             "e2:" in detail.query_one("#detail-top").render().plain
+
+
+async def test_snapshot_series_opens_the_newest_and_lists_the_rest():
+    snaps = [FIXTURES / "checkpoints" / f"smollm2-prose.imatrix.gguf.at_{n}" for n in (10, 20, 30)]
+    app = make_app([str(p) for p in snaps])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.pause()
+        assert Path(app.current_path).name.endswith(".at_30")
+        assert "30 × 512" in _info(app)
+        tree = app.browser
+        assert tree is not None and tree.display
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if len(tree.root.children) >= 4:
+                break
+        assert [str(n.label) for n in tree.root.children][:3] == [p.name for p in snaps]
+
+
+async def test_diff_with_pushes_the_diff_screen():
+    from imatui.tui.screens.diff import DiffScreen
+
+    app = make_app([str(PROSE)], diff_with=str(FIXTURES / "smollm2-code.imatrix.gguf"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, DiffScreen)
+
+
+def test_cli_screenshot_writes_svg_and_refuses_bad_input(tmp_path, capsys):
+    from imatui.cli import main
+
+    out = tmp_path / "shot.svg"
+    assert main(["screenshot", str(PROSE), "-o", str(out), "--size", "100x30", "--view", "layers"]) == 0
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "μΣ(Act²)" in svg and "ffn_down" in svg
+    assert main(["screenshot", str(PROSE), "-o", str(out)]) == 2  # exists, no --force
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00")
+    assert main(["screenshot", str(bad), "-o", str(tmp_path / "b.svg")]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and str(bad) in err
+    assert not (tmp_path / "b.svg").exists()

@@ -20,8 +20,7 @@ from textual.widgets import Sparkline, Static
 
 from imatui.stats.tensor import StatsReport, TensorStats
 
-LABEL_WIDTH = 15
-VALUE_WIDTH = 10
+LABEL_WIDTH_MAX = 22
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,10 @@ def _cossim(t: TensorStats) -> float | None:
 
 
 METRICS: list[Metric] = [
-    Metric("sum", "Σ(Act²)", _attr("sum"), "%.2f"),
-    Metric("mean", "μ", _attr("mean"), "%.4f"),
-    Metric("max", "Max", _attr("max"), "%.2f"),
-    Metric("std", "σ", _attr("std"), "%.4f"),
+    Metric("sum", "Σ(Act²)", _attr("sum"), "%.5g"),
+    Metric("mean", "μ", _attr("mean"), "%.4g"),
+    Metric("max", "Max", _attr("max"), "%.5g"),
+    Metric("std", "σ", _attr("std"), "%.4g"),
     Metric("zd", "ZD %", _attr("zd", 100.0), "%.2f%%"),
     Metric("cossim", "CosSim", _cossim, "%.4f"),
     Metric("entropy", "Entropy", _attr("entropy"), "%.3f"),
@@ -174,15 +173,20 @@ class LayerSparklines(VerticalScroll):
         n_layers = len(next(iter(series.values()))) if series else 0
         if kinds != self._kinds or n_layers != self._n_layers:
             self.query(".spark-row").remove()
+            # labels as wide as the longest kind (within reason), so every sparkline starts and
+            # ends in the same columns
+            width = min(LABEL_WIDTH_MAX, max([len(k) for k in kinds] + [6]) + 2)
             rows = []
             self._sparks, self._values = [], []
             for kind in kinds:
                 spark = Sparkline([], summary_function=max, classes="spark")
                 value = Static("", classes="spark-value")
+                label = Static(kind, classes="spark-label")
+                label.styles.width = width
                 self._sparks.append(spark)
                 self._values.append(value)
-                rows.append(Horizontal(Static(kind, classes="spark-label"), spark, value,
-                                       classes="spark-row"))
+                rows.append(Horizontal(label, spark, value, classes="spark-row"))
+            self.query_one(".spark-axis > .spark-label").styles.width = width
             if rows:
                 self.mount_all(rows, before=self.query_one(".spark-axis"))
             self._kinds, self._n_layers = kinds, n_layers
