@@ -15,13 +15,6 @@ from typing import Any, Callable, Iterable
 from imatui.errors import ImatrixError
 from imatui.stats.diff import DiffReport, TensorDiff
 
-_INF = math.inf
-
-
-def _num(value: float | int | None, missing: float) -> float:
-    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
 # column -> (key, descending by default). Missing values always sort last (see sort_rows).
 SORT_KEYS: dict[str, tuple[Callable[[TensorDiff], Any], bool]] = {
     "name": (lambda t: t.name, False),

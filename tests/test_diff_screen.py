@@ -152,9 +152,13 @@ async def test_filter_regex_and_substring():
         await pilot.press("slash", "ctrl+u", *r"blk\.1[0-2]\.attn_q", "enter")
         assert _keys(table) == sorted(_keys(table), key=lambda k: screen.report.tensor(k).cossim)
         assert set(_keys(table)) == {"blk.10.attn_q.weight", "blk.11.attn_q.weight", "blk.12.attn_q.weight"}
-        # not a valid regex: matched as plain text
+        # not a valid regex: matched as plain text, and the status line says so
         await pilot.press("slash", "ctrl+u", *"attn_(", "enter")
         assert table.row_count == 0
+        assert "not a regex" in str(screen.query_one("#diff-status", Static).render())
+        # a dot alone is text, as in the main table: blk.1. is block 1 only, not blk.10 to blk.19
+        await pilot.press("slash", "ctrl+u", *"blk.1.", "enter")
+        assert table.row_count == 7 and all(k.startswith("blk.1.") for k in _keys(table))
         # escape in the filter box clears the filter (and does not close the screen)
         await pilot.press("slash", "escape")
         assert table.row_count == 210 and isinstance(app.screen, DiffScreen)

@@ -8,7 +8,6 @@ the screen only lays them out.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -34,6 +33,7 @@ from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, hea
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
 
 MODES = ("A", "B", "Δ")
 # plotext draws at most two points per terminal column: more only costs time
@@ -89,7 +89,6 @@ class Column:
     labels: tuple[str, str, str]  # in modes A, B, Δ
     sorts: tuple[str, str, str]  # diff_printers.SORT_KEYS column per mode
     cells: tuple[Callable[[TensorDiff], str], ...]  # per mode (one entry: the same in every mode)
-    width: int | None = None
 
     def label(self, mode: int) -> str:
         return self.labels[mode]
@@ -99,10 +98,6 @@ class Column:
 
     def cell(self, t: TensorDiff, mode: int) -> str:
         return self.cells[mode if len(self.cells) > 1 else 0](t)
-
-
-def _same(label: str, sort: str, cell: Callable[[TensorDiff], str], width: int | None = None) -> Column:
-    return Column(label.lower(), (label,) * 3, (sort,) * 3, (cell,), width)
 
 
 COLUMNS: list[Column] = [
@@ -124,18 +119,6 @@ COLUMNS: list[Column] = [
 ]
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 SORTABLE = [c.key for c in COLUMNS if c.key != "note"]
-
-
-def _matcher(pattern: str) -> Callable[[str], bool]:
-    """Case-insensitive regex; a pattern that is not a valid regex matches as a plain substring."""
-    if not pattern:
-        return lambda name: True
-    try:
-        rx = re.compile(pattern, re.IGNORECASE)
-    except re.error:
-        needle = pattern.lower()
-        return lambda name: needle in name.lower()
-    return lambda name: rx.search(name) is not None
 
 
 def _bucket(values: np.ndarray, n: int, signed: bool = False) -> tuple[list[float], list[float]]:
@@ -446,7 +429,7 @@ class DiffScreen(Screen):
         Binding("r", "reverse_sort", "Reverse", id="diff.reverse", tooltip="Reverse the sort order"),
         Binding("x", "swap", "Swap A/B", id="diff.swap", tooltip="Swap A and B and compare again"),
         Binding("slash", "filter", "Filter", id="diff.filter",
-                tooltip="Show only tensors whose name matches (regex, or plain text)"),
+                tooltip="Show only tensors whose name matches (text, or a regex with regex syntax)"),
     ]
 
     def __init__(self, a_path: str, b_path: str, chunk_size: int = 512, **kwargs) -> None:
@@ -462,6 +445,7 @@ class DiffScreen(Screen):
         self.sort_column = "cossim"  # a COLUMNS key
         self.sort_reverse = False
         self.filter_text = ""
+        self.filter_error: str | None = None  # the filter looked like a regex but is not one
         self.shown: list[TensorDiff] = []  # rows in table order
         self.selected: str | None = None
 
@@ -477,7 +461,8 @@ class DiffScreen(Screen):
             with Vertical(id="diff-detail"):
                 yield Static("", id="diff-detail-title")
                 yield OverlayPlot(id="diff-plot")
-        yield Input(placeholder="filter tensors: regex or text (enter applies, escape clears)", id="diff-filter")
+        yield Input(placeholder="filter tensor names: text, or a regex when it uses regex syntax "
+                                "(enter applies, escape clears)", id="diff-filter")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -587,7 +572,7 @@ class DiffScreen(Screen):
     # --- the table --------------------------------------------------------------------------------
 
     def _visible(self) -> list[TensorDiff]:
-        match = _matcher(self.filter_text)
+        match, self.filter_error = name_matcher(self.filter_text)
         column = COLUMN_BY_KEY[self.sort_column]
         rows = [t for t in self.report.tensors if match(t.name)]
         return sort_rows(rows, column.sort(self.mode), reverse=self.sort_reverse)
@@ -642,7 +627,7 @@ class DiffScreen(Screen):
                  f"sort: {col.label(self.mode)}{' (reversed)' if self.sort_reverse else ''}",
                  f"{len(self.shown)} of {len(report.tensors)} tensors"]
         if self.filter_text:
-            parts.append(f"filter: {self.filter_text}")
+            parts.append(f"filter: {self.filter_text}" + (f" ({self.filter_error})" if self.filter_error else ""))
         self.query_one("#diff-status", Static).update("  ·  ".join(parts))
 
     @on(DataTable.RowHighlighted, "#diff-table")
