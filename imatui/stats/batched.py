@@ -32,7 +32,7 @@ from imatui.imatrix import Entry
 F32 = np.float32
 ACTIVE_THRESHOLD = F32(1e-5)
 TOP_CHANNELS = 8
-MAX_COLUMNS = 48  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
+MAX_COLUMNS = 96  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
 BLOCK_ELEMENTS = 1 << 19  # elements of one block matrix: about 2 MB, so the passes stay in cache
 _TINY = np.finfo(F32).smallest_subnormal
 _HAS_PREADV = hasattr(os, "preadv")
@@ -196,7 +196,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 m = r1 - r0
                 nd = dead_rows.sum(axis=1) * n_in  # zeros standing in for skipped rows
                 # order-free statistics on (tensor, element) rows: contiguous, SIMD
-                vmax = np.maximum(vmax, vals.max(axis=1))
+                bmax = vals.max(axis=1)
+                vmax = np.maximum(vmax, bmax)
                 bmin = vals.min(axis=1)
                 for k in np.flatnonzero(bmin <= ACTIVE_THRESHOLD):  # most blocks have none
                     inactive[k] += np.count_nonzero(vals[k] <= ACTIVE_THRESHOLD) - nd[k]
@@ -206,7 +207,6 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     lv = vals[k].reshape(m, n_in)[~dead_rows[k]]
                     bmin[k] = lv.min() if lv.size else np.inf
                 vmin = np.minimum(vmin, bmin)
-                bmax = vals.max(axis=1)
                 for k in np.flatnonzero(bmax > top_thr):  # only blocks that can enter the top list
                     tv, ti = top[k]
                     cand = np.flatnonzero(vals[k] > top_thr[k])
