@@ -62,7 +62,7 @@ def test_dense_hooks_sum_squares_and_count_tokens_of_3d_inputs():
     handles = [model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
         lambda mod, a: seen.__setitem__("down", a[0].detach().clone()))]
     ids = torch.randint(0, 64, (3, 10))
-    with torch.no_grad():
+    with torch.inference_mode():  # as run.py calls it; the flush below happens outside
         hidden = model(ids, output_hidden_states=True).hidden_states
     for h in handles:
         h.remove()

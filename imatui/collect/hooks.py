@@ -49,8 +49,8 @@ class Accumulator:
 
     def _buffers(self, device: torch.device) -> None:
         if self.sums2 is None:
-            self.sums2 = torch.zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
-            self.sums = torch.zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
+            self.sums2 = _zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
+            self.sums = _zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
 
     def add_rows(self, row: int, sq: torch.Tensor, s: torch.Tensor, n_tokens: int) -> None:
         self._buffers(sq.device)
@@ -63,7 +63,7 @@ class Accumulator:
         self.sums2.add_(sq)
         self.sums.add_(s)
         if self.dev_counts is None:
-            self.dev_counts = torch.zeros(self.n_mat, dtype=torch.int64, device=counts.device)
+            self.dev_counts = _zeros(self.n_mat, dtype=torch.int64, device=counts.device)
         self.dev_counts.add_(counts)
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,11 +84,37 @@ class Accumulator:
         return sums2, sums, counts
 
 
+def _zeros(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Accumulator storage: a normal tensor even when first made inside torch.inference_mode(), so a
+    flush outside it can still zero it in place."""
+    with torch.inference_mode(False):
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+
 def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel (sum of squares, sum) in float32 over every token of x (..., n_in), and the token count."""
+    """Per-channel (sum of squares, sum) in float32 over every token of x (..., n_in), and the token count.
+
+    bfloat16 inputs are squared in bfloat16 (same range as float32, rounding unbiased) and summed in
+    float32, which saves a float32 copy of every activation on the GPU; float16 is upcast first
+    (squares above 65504 would overflow).
+    """
     flat = x.detach().reshape(-1, x.shape[-1])
+    if flat.dtype == torch.bfloat16:
+        return (flat * flat).sum(0, dtype=torch.float32), flat.sum(0, dtype=torch.float32), flat.shape[0]
     xf = flat if flat.dtype == torch.float32 else flat.float()
     return xf.square().sum(0), xf.sum(0), flat.shape[0]
+
+
+def _cosine_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum over tokens of cos(a_t, b_t) (float64 scalar), as F.cosine_similarity with eps 1e-8 gives."""
+    a = a.detach().reshape(-1, a.shape[-1])
+    b = b.detach().reshape(-1, b.shape[-1])
+    if a.dtype == torch.float16:
+        a, b = a.float(), b.float()
+    dot = (a * b).sum(-1, dtype=torch.float32)
+    na = (a * a).sum(-1, dtype=torch.float32)
+    nb = (b * b).sum(-1, dtype=torch.float32)
+    return (dot / (na * nb).clamp_min(1e-16).sqrt()).sum(dtype=torch.float64)
 
 
 def find_blocks(model: nn.Module, n_layers: int | None) -> tuple[str, nn.ModuleList] | None:
@@ -133,6 +159,7 @@ class Collector:
         self.unmapped: list[str] = []
         self.unsupported: list[str] = []
         self._handles: list = []
+        self._registrations: list = []  # (module, hook, pre, with_kwargs): for detach() / attach()
         self._last: tuple | None = None  # (input tensor, its sums): q/k/v and gate/up share one input
         self._sim_sum: torch.Tensor | None = None
         self._sim_tokens: torch.Tensor | None = None
@@ -153,16 +180,36 @@ class Collector:
                 elif _is_router(module):
                     self._hook_linear(full, module)
             if layer_similarity:
-                self._handles.append(block.register_forward_hook(self._similarity_hook(bi), with_kwargs=True))
+                self._register(block, self._similarity_hook(bi), pre=False, with_kwargs=True)
         if process_output:
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if head is None:
                 self.unmapped.append("lm_head (the model has no output head)")
             else:
                 acc = self._accumulator("output.weight", 1, head.weight.shape[1])
-                self._handles.append(head.register_forward_pre_hook(self._dense_hook(acc, 0)))
+                self._register(head, self._dense_hook(acc, 0))
 
     # -- registration ---------------------------------------------------------------------------
+    def _register(self, module: nn.Module, hook, *, pre: bool = True, with_kwargs: bool = False) -> None:
+        self._registrations.append((module, hook, pre, with_kwargs))
+        self._handles.append(self._attach_one(module, hook, pre, with_kwargs))
+
+    @staticmethod
+    def _attach_one(module, hook, pre, with_kwargs):
+        if pre:
+            return module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
+        return module.register_forward_hook(hook, with_kwargs=with_kwargs)
+
+    def detach(self) -> None:
+        """Take the hooks off (the sums stay); attach() puts the same hooks back."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def attach(self) -> None:
+        if not self._handles:
+            self._handles = [self._attach_one(*r) for r in self._registrations]
+
     def _accumulator(self, name: str, n_mat: int, n_in: int) -> Accumulator:
         acc = self.accumulators.get(name)
         if acc is None:
@@ -185,7 +232,7 @@ class Collector:
         if target.expert is not None:
             n_mat = self._n_experts_hint(full, target.expert)
         acc = self._accumulator(target.name, n_mat, n_in)
-        self._handles.append(module.register_forward_pre_hook(self._dense_hook(acc, target.expert or 0)))
+        self._register(module, self._dense_hook(acc, target.expert or 0))
 
     def _n_experts_hint(self, full: str, expert: int) -> int:
         head = full[: full.index(".experts.") + len(".experts")]
@@ -218,8 +265,7 @@ class Collector:
         if has_gate:
             accs.insert(0, self._accumulator(gate_name, n_exp, n_hidden))
         acc_down = self._accumulator(down_name, n_exp, n_in_down)
-        self._handles.append(module.register_forward_pre_hook(
-            self._experts_hook(accs, acc_down, has_gate, transposed), with_kwargs=True))
+        self._register(module, self._experts_hook(accs, acc_down, has_gate, transposed), with_kwargs=True)
 
     # -- hooks ----------------------------------------------------------------------------------
     def _input_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -286,12 +332,12 @@ class Collector:
             if not isinstance(h_in, torch.Tensor) or not isinstance(h_out, torch.Tensor) \
                     or h_in.shape != h_out.shape:
                 return
-            cos = nn.functional.cosine_similarity(h_in.detach().float(), h_out.detach().float(), dim=-1)
-            if self._sim_sum is None or self._sim_sum.device != cos.device:
-                self._sim_sum = torch.zeros(self.n_blocks, dtype=torch.float64, device=cos.device)
-                self._sim_tokens = torch.zeros(self.n_blocks, dtype=torch.int64, device=cos.device)
-            self._sim_sum[index] += cos.double().sum()
-            self._sim_tokens[index] += cos.numel()
+            total = _cosine_sum(h_in, h_out)
+            if self._sim_sum is None or self._sim_sum.device != total.device:
+                self._sim_sum = _zeros(self.n_blocks, dtype=torch.float64, device=total.device)
+                self._sim_tokens = _zeros(self.n_blocks, dtype=torch.int64, device=total.device)
+            self._sim_sum[index] += total
+            self._sim_tokens[index] += h_in.numel() // h_in.shape[-1]
         return hook
 
     # -- results --------------------------------------------------------------------------------
@@ -313,6 +359,4 @@ class Collector:
         return sums, sim, tok
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self.detach()

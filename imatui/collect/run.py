@@ -291,7 +291,9 @@ def _main(argv: list[str]) -> int:
         if gguf_file:
             kw["gguf_file"] = gguf_file
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kw)
-        mkw = dict(kw, dtype=dtype)
+        # transformers 5 calls it dtype; older releases torch_dtype (and would ignore dtype)
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        mkw = dict(kw, **{dtype_kw: dtype})
         if args.device_map:
             mkw["device_map"] = args.device_map
         model = AutoModelForCausalLM.from_pretrained(str(folder), **mkw)

