@@ -190,12 +190,28 @@ class LayerSparklines(VerticalScroll):
             if rows:
                 self.mount_all(rows, before=self.query_one(".spark-axis"))
             self._kinds, self._n_layers = kinds, n_layers
+            self.call_after_refresh(self._fit_rows)
         for spark, values in zip(self._sparks, series.values()):
             present = [v for v in values if v is not None and math.isfinite(v)]
             floor = min(present) if present else 0.0
             # a kind missing from a layer is drawn at the floor, so the columns stay aligned
             spark.data = [floor if v is None or not math.isfinite(v) else v for v in values]
         self._update_marker(series)
+
+    def on_resize(self) -> None:
+        self._fit_rows()
+
+    def _fit_rows(self) -> None:
+        """Taller sparklines (up to 3 lines) when the pane has the room: depth patterns read
+        better with more than eight bar heights."""
+        if not self._sparks:
+            return
+        room = self.size.height - 2  # title and axis
+        rows = max(1, min(3, room // len(self._sparks)))
+        for row in self.query(".spark-row"):
+            row.styles.height = rows
+        for spark in self._sparks:
+            spark.styles.height = rows
 
     def _update_marker(self, series: dict[str, list[float | None]] | None = None) -> None:
         metric = self.metric

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Regenerate the screenshots from the fixtures with the app itself (imatui screenshot), and a PNG of
+# each for viewers without SVG. rsvg-convert collapses the leading no-break spaces Textual writes
+# unless the SVG asks to preserve them, so the PNGs are made from a copy that does.
+set -e
+cd "$(dirname "$0")/.."
+F=tests/fixtures
+shot() { name=$1; shift; imatui screenshot "$@" -o "screenshots/$name.svg" --force; }
+shot main $F/smollm2-prose.imatrix.gguf --view table --size 120x40
+shot layers $F/smollm2-prose.imatrix.gguf --view layers --size 120x40
+shot detail $F/smollm2-prose.imatrix.gguf --view detail --size 120x40
+shot diff $F/smollm2-prose.imatrix.gguf --view diff --diff-with $F/smollm2-code.imatrix.gguf --size 120x40
+shot narrow-80x24 $F/smollm2-prose.imatrix.gguf --view table --size 80x24
+if [ -f /tmp/imatui-bench/deepseek.imatrix.gguf ]; then
+    shot moe-layers /tmp/imatui-bench/deepseek.imatrix.gguf --view layers --size 120x40
+fi
+if command -v rsvg-convert >/dev/null; then
+    for svg in screenshots/*.svg; do
+        sed 's/<svg /<svg xml:space="preserve" /' "$svg" | rsvg-convert -w 1400 -o "${svg%.svg}.png"
+    done
+fi
