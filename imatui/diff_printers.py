@@ -132,14 +132,20 @@ def _datasets(ds: list[str]) -> str:
     return ", ".join(ds) if ds else "(none)"
 
 
-def header_lines(report: DiffReport) -> list[str]:
+def header_lines(report: DiffReport, compact: bool = False) -> list[str]:
+    """A and B, what differs in their headers, and a one-line summary. compact (the TUI): shorter
+    lines, the container format only where it differs."""
     h = {x.field: x for x in report.header}
     lines = []
     for side, path in (("a", report.a), ("b", report.b)):
         v = {k: getattr(x, side) for k, x in h.items()}
-        lines.append(f"{side.upper()}: {path}  ({v['format']}, {v['tensors']} tensors, "
-                     f"{v['chunk_count']} chunks of {v['chunk_size']}, datasets: {_datasets(v['datasets'])})")
-    diffs = [x for x in report.header_differences if x.field != "format"]
+        if compact:
+            lines.append(f"{side.upper()}: {path} · {v['chunk_count']} chunks × {v['chunk_size']} · "
+                         f"{_datasets(v['datasets'])}")
+        else:
+            lines.append(f"{side.upper()}: {path}  ({v['format']}, {v['tensors']} tensors, "
+                         f"{v['chunk_count']} chunks of {v['chunk_size']}, datasets: {_datasets(v['datasets'])})")
+    diffs = [x for x in report.header_differences if compact or x.field != "format"]
     if diffs:
         parts = []
         for x in diffs:
@@ -149,11 +155,17 @@ def header_lines(report: DiffReport) -> list[str]:
     else:
         lines.append("same chunk size, chunk count and datasets")
     comp = report.comparable
-    if comp:
+    others = (len(report.only_a), len(report.only_b), len(report.tensors) - len(comp))
+    if comp and compact:
+        cos = [t.cossim for t in comp if t.cossim is not None]
+        lines[-1] += (f" · {len(comp)}/{len(report.tensors)} compared, cosine min {min(cos):.4f} mean "
+                      f"{sum(cos) / len(cos):.4f} · only in A: {others[0]}, only in B: {others[1]}, "
+                      f"not comparable: {others[2]}")
+    elif comp:
         cos = [t.cossim for t in comp if t.cossim is not None]
         lines.append(f"{len(comp)} of {len(report.tensors)} tensors compared; cosine min {min(cos):.4f}, "
-                     f"mean {sum(cos) / len(cos):.4f}; only in A: {len(report.only_a)}, only in B: "
-                     f"{len(report.only_b)}, not comparable: {len(report.tensors) - len(comp)}")
+                     f"mean {sum(cos) / len(cos):.4f}; only in A: {others[0]}, only in B: "
+                     f"{others[1]}, not comparable: {others[2]}")
     else:
         lines.append(f"no tensor could be compared ({len(report.tensors)} in A or B)")
     return lines

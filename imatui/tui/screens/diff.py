@@ -401,8 +401,8 @@ class DiffScreen(Screen):
     DiffScreen #diff-header { height: auto; max-height: 6; padding: 0 1; background: $boost; }
     DiffScreen #diff-table { height: 1fr; min-height: 6; }
     DiffScreen #diff-status { height: 1; padding: 0 1; color: $text-muted; background: $boost; }
-    DiffScreen #diff-bottom { height: 16; }
-    DiffScreen #diff-sparks { width: 62; padding: 0 1; border-right: vkey $foreground 20%; }
+    DiffScreen #diff-bottom { height: 45%; min-height: 10; max-height: 16; }
+    DiffScreen #diff-sparks { width: 62; max-width: 55%; padding: 0 1; border-right: vkey $foreground 20%; }
     DiffScreen #diff-sparks .title { color: $text-muted; text-style: bold; }
     DiffScreen #diff-detail { width: 1fr; padding: 0 1; }
     DiffScreen #diff-detail-title { height: auto; max-height: 4; }
@@ -543,7 +543,7 @@ class DiffScreen(Screen):
     # --- header and sparklines --------------------------------------------------------------------
 
     def _header_text(self) -> Text:
-        lines = header_lines(self.report)
+        lines = header_lines(self.report, compact=True)
         text = Text()
         for i, line in enumerate(lines):
             if i:
@@ -551,6 +551,10 @@ class DiffScreen(Screen):
             if line.startswith("differs:"):
                 text.append("differs:", style="bold yellow")
                 text.append(line[len("differs:"):])
+            elif line.startswith("same "):
+                head, _, rest = line.partition(" · ")
+                text.append(head, style="dim")
+                text.append(" · " + rest if rest else "")
             elif line[:2] in ("A:", "B:"):
                 text.append(line[:2], style="bold")
                 text.append(line[2:])
