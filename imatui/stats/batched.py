@@ -32,7 +32,8 @@ from imatui.imatrix import Entry
 F32 = np.float32
 ACTIVE_THRESHOLD = F32(1e-5)
 TOP_CHANNELS = 8
-MAX_COLUMNS = 96  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
+MAX_COLUMNS = 64  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
+MIN_COLUMNS = 16  # split a group for the threads only down to this width
 BLOCK_ELEMENTS = 1 << 19  # elements of one block matrix: about 2 MB, so the passes stay in cache
 _TINY = np.finfo(F32).smallest_subnormal
 _HAS_PREADV = hasattr(os, "preadv")
@@ -357,8 +358,16 @@ def _count_nonfinite(src: _Source, n: int, fds: dict[str, int]) -> int:
     return bad
 
 
-def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable[[str], tuple[str, int]]
-                 ) -> list[list[Column]]:
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable[[str], tuple[str, int]],
+                 threads: int = 1) -> list[list[Column]]:
     """Group tensors by shape (in the statistics order) into batches of at most MAX_COLUMNS.
 
     A tensor's CosSim partner (blk N-1, same name otherwise) comes right before it in the order;
@@ -375,10 +384,11 @@ def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable
         last_t, last_b, last_name = t, b, name
     batches: list[list[Column]] = []
     for shape, names in by_shape.items():
-        width = MAX_COLUMNS
-        if len(names) > MAX_COLUMNS:  # equal widths balance the threads
-            nb = -(-len(names) // MAX_COLUMNS)
-            width = -(-len(names) // nb)
+        # equal widths, and for big groups a multiple of the thread count, so the threads finish together
+        nb = -(-len(names) // MAX_COLUMNS)
+        if nb % threads and len(names) // (nb + threads - nb % threads) >= MIN_COLUMNS:
+            nb += threads - nb % threads
+        width = -(-len(names) // nb)
         for s in range(0, len(names), width):
             chunk = names[s : s + width]
             cols: list[Column] = []
@@ -397,11 +407,7 @@ def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable
 def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
             progress: Callable[[int], None] | None = None, threads: int | None = None) -> dict[str, TensorResult]:
     if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = os.cpu_count() or 1
-        threads = max(1, min(4, threads))
+        threads = default_threads()
     # the biggest batches first, so the threads finish together
     batches = sorted(batches, key=lambda b: -sum(c.entry.size for c in b))
     out: dict[str, TensorResult] = {}
@@ -435,4 +441,4 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
     return out
 
 
-__all__ = ["TensorResult", "Column", "plan_batches", "run_all", "run_batch"]
+__all__ = ["TensorResult", "Column", "default_threads", "plan_batches", "run_all", "run_batch"]

@@ -304,7 +304,7 @@ def compute_stats(
     `progress(done, total)` is called after each tensor; `cancelled()` is polled between tensors and
     a True stops the pass early (returning None is not an option: it raises InterruptedError).
     """
-    from imatui.stats.batched import plan_batches, run_all
+    from imatui.stats.batched import default_threads, plan_batches, run_all
 
     path = None if imatrix.path is None else str(imatrix.path)
     names = list(imatrix.entries)
@@ -317,7 +317,8 @@ def compute_stats(
             progress(done[0], len(order))
 
     # llama's statistics, batched by shape (see imatui.stats.batched), exact to the float32 digit
-    res = run_all(plan_batches(order, imatrix.entries, _template), path, cancelled, tick)
+    threads = default_threads()
+    res = run_all(plan_batches(order, imatrix.entries, _template, threads), path, cancelled, tick, threads)
     for name in order:
         if res[name].error:
             raise CorruptError(res[name].error, path)
