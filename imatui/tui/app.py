@@ -189,9 +189,10 @@ class ImatuiApp(App[None]):
         """The header's live marker: "live", "idle", "writing…", "waiting for FILE", "deleted"."""
         self.query_one(InfoBar).live = status
 
-    def show_table(self, which: str) -> None:
+    def show_table(self, which: str, focus: bool = True) -> None:
         self.query_one("#tables", ContentSwitcher).current = which
-        self.active_table.focus()
+        if focus:
+            self.active_table.focus()
         # the layer marker follows the table in front
         sparklines = self.query_one(LayerSparklines)
         if which == "layers":
@@ -364,8 +365,9 @@ class ImatuiApp(App[None]):
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = True
-        self.show_table("tensors")
-        box.focus()
+        self.show_table("tensors", focus=False)
+        # now, not later (focus() defers): keys typed or pasted right after "/" belong to the box
+        self.screen.set_focus(box)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
