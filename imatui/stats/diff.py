@@ -152,7 +152,8 @@ def _llama_sum(entry: Entry, sums2: np.ndarray) -> float | None:
     live = counts > 0
     if not live.any():
         return None
-    vals = (np.asarray(sums2[live], dtype=np.float32) / counts[live].astype(np.float32)[:, None])
+    rows = sums2 if live.all() else sums2[live]  # no gather copy when every matrix is live
+    vals = np.asarray(rows, dtype=np.float32) / counts[live].astype(np.float32)[:, None]
     return float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
 
 
