@@ -317,6 +317,13 @@ async def test_bad_file_is_a_notification_and_app_keeps_running(tmp_path):
         await app.wait_for_data()
         await pilot.pause()
         assert app.tensor_table.row_count == 210 and "cannot open" not in _info(app)
+        # a bad file opened over a good one: the good one stays, and the header still names it
+        app.open_path(str(bad))
+        await app.wait_for_data()
+        await pilot.pause()
+        assert len(app.load_errors) == 2
+        assert app.current_path == str(PROSE) and "smollm2-prose.imatrix.gguf" in _info(app)
+        assert "broken.gguf" not in _info(app) and app.tensor_table.row_count == 210
 
 
 async def test_missing_file_waits(tmp_path):

@@ -77,6 +77,7 @@ class ImatuiApp(App[None]):
         self.diff_with = diff_with
         self.paths = [str(p) for p in paths] or ["."]
         self.current_path: str | None = None
+        self.shown_path: str | None = None  # the file whose numbers are on screen
         self.imatrix: Imatrix | None = None
         self.report: StatsReport | None = None
         self.selected_name: str | None = None
@@ -245,6 +246,7 @@ class ImatuiApp(App[None]):
         if message.path != self.current_path or not self._view_alive:
             return  # a file the user has since moved away from, or the app is closing
         self.imatrix, self.report = message.imatrix, message.report
+        self.shown_path = message.path
         info = self.query_one(InfoBar)
         info.state = ""
         info.report = message.report
@@ -271,7 +273,14 @@ class ImatuiApp(App[None]):
             return
         self.tensor_table.loading = False
         info = self.query_one(InfoBar)
-        info.state = "" if self.report is not None and message.path == self.current_path else "cannot open"
+        if self.report is not None and self.shown_path is not None:
+            # what is on screen stays, and says which file it is from
+            if message.path == self.current_path and message.path != self.shown_path:
+                self.current_path = self.shown_path
+            info.path = self.shown_path
+            info.state = ""
+        else:
+            info.state = "cannot open"
         self.notify(message.message, title="cannot open", severity="error", timeout=8)
 
     # -- selection and detail ----------------------------------------------------------------
