@@ -52,14 +52,13 @@ class ImatuiApp(App[None]):
     TITLE = "imatui"
 
     BINDINGS = [
-        Binding("q", "quit", "Quit", id="quit"),
         Binding("question_mark", "help", "Help", id="help", tooltip="keys and what the columns mean"),
         Binding("slash", "filter", "Filter", id="filter", tooltip="filter tensor names (text or regex)"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
         Binding("s", "next_sort", "Sort", id="sort.next", tooltip="sort by the next column"),
         Binding("S", "previous_sort", "Sort back", show=False, id="sort.previous"),
-        Binding("r", "reverse_sort", "Reverse", id="sort.reverse", tooltip="reverse the sort"),
-        Binding("t", "toggle_table", "Tensors/Layers", id="table.toggle",
+        Binding("r", "reverse_sort", "Reverse", show=False, id="sort.reverse", tooltip="reverse the sort"),
+        Binding("t", "toggle_table", "Layers", id="table.toggle",
                 tooltip="switch between the tensor table and the per-layer table"),
         Binding("m", "next_metric", "Metric", id="metric.next", tooltip="next sparkline metric"),
         Binding("M", "previous_metric", "Metric back", show=False, id="metric.previous"),
@@ -67,6 +66,7 @@ class ImatuiApp(App[None]):
         Binding("b", "toggle_browser", "Files", id="browser.toggle", tooltip="show or hide the file browser"),
         Binding("d", "diff", "Diff", id="diff", tooltip="diff with the file selected in the browser"),
         Binding("p", "save_screenshot", "SVG", id="screenshot", tooltip="save an SVG screenshot here"),
+        Binding("q", "quit", "Quit", id="quit"),
     ]
 
     view: reactive[str] = reactive("all")
@@ -120,7 +120,9 @@ class ImatuiApp(App[None]):
                 with Horizontal(id="lower"):
                     yield LayerSparklines(id="sparklines")
                     yield DetailPane(id="detail")
-        yield Footer()
+        footer = Footer()
+        footer.compact = True  # every binding fits on 80 columns
+        yield footer
 
     @property
     def tensor_table(self) -> TensorTable:
