@@ -78,4 +78,5 @@ def test_file_structure_like_llama(collected):
     assert len(sim) == 30 and all(-1.0 <= s <= 1.0 for s in sim)
     # the first block rewrites the embedding, middle blocks refine, the last one turns to the vocabulary
     assert sim[0] == pytest.approx(0.0117, abs=2e-3)
-    assert min(sim[2:-1]) > 0.9 and sim[-1] == pytest.approx(0.700, abs=5e-3)
+    assert sim[1] == pytest.approx(0.826, abs=5e-3) and min(sim[1:-1]) > 0.8
+    assert sim[-1] == pytest.approx(0.700, abs=5e-3)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imatui.collect import kernels
 from imatui.collect.names import NameMapper
 
 
@@ -154,6 +155,10 @@ class Collector:
             raise ValueError("found no decoder blocks (no nn.ModuleList of layers) in this model")
         self.blocks_name, self.blocks = found
         self.n_blocks = len(self.blocks)
+        # per block, on that block's device: float64 sums of cosines, and (Triton path) this step's float32 sums
+        self._sim_sums: list[torch.Tensor | None] = [None] * self.n_blocks
+        self._sim_steps: list[torch.Tensor | None] = [None] * self.n_blocks
+        self._sim_tokens = np.zeros(self.n_blocks)
         self.mapper = NameMapper(getattr(config, "model_type", ""), self.n_blocks)
         self.accumulators: dict[str, Accumulator] = {}
         self.unmapped: list[str] = []
@@ -161,8 +166,6 @@ class Collector:
         self._handles: list = []
         self._registrations: list = []  # (module, hook, pre, with_kwargs): for detach() / attach()
         self._last: tuple | None = None  # (input tensor, its sums): q/k/v and gate/up share one input
-        self._sim_sum: torch.Tensor | None = None
-        self._sim_tokens: torch.Tensor | None = None
         self.layer_similarity = layer_similarity
 
         covered: set[str] = set()
@@ -279,6 +282,12 @@ class Collector:
     def _dense_hook(self, acc: Accumulator, row: int):
         def hook(module, args):
             x = args[0]
+            if kernels.usable(x):  # one fused pass over the input, added in place
+                flat = x.detach().reshape(-1, x.shape[-1])
+                acc._buffers(flat.device)
+                kernels.colsum_(flat, acc.sums2[row], acc.sums[row])
+                acc.host_counts[row] += flat.shape[0]
+                return
             sq, s, n = self._input_sums(x)
             acc.add_rows(row, sq, s, n)
         return hook
@@ -332,30 +341,44 @@ class Collector:
             if not isinstance(h_in, torch.Tensor) or not isinstance(h_out, torch.Tensor) \
                     or h_in.shape != h_out.shape:
                 return
-            total = _cosine_sum(h_in, h_out)
-            if self._sim_sum is None or self._sim_sum.device != total.device:
-                self._sim_sum = _zeros(self.n_blocks, dtype=torch.float64, device=total.device)
-                self._sim_tokens = _zeros(self.n_blocks, dtype=torch.int64, device=total.device)
-            self._sim_sum[index] += total
+            if self._sim_sums[index] is None:
+                self._sim_sums[index] = _zeros(1, dtype=torch.float64, device=h_in.device)
+            if kernels.usable(h_in) and h_out.dtype == h_in.dtype:
+                if self._sim_steps[index] is None:
+                    self._sim_steps[index] = _zeros(1, dtype=torch.float32, device=h_in.device)
+                width = h_in.shape[-1]
+                kernels.cosine_sum_(h_in.detach().reshape(-1, width), h_out.detach().reshape(-1, width),
+                                    self._sim_steps[index])
+            else:
+                self._sim_sums[index] += _cosine_sum(h_in, h_out)
             self._sim_tokens[index] += h_in.numel() // h_in.shape[-1]
         return hook
 
+    def _fold_similarity(self) -> None:
+        """Adds the Triton path's float32 per-step sums into the float64 totals (two launches)."""
+        steps = [t for t in self._sim_steps if t is not None]
+        if steps:
+            totals = [self._sim_sums[i] for i, t in enumerate(self._sim_steps) if t is not None]
+            torch._foreach_add_(totals, steps)
+            torch._foreach_zero_(steps)
+
     # -- results --------------------------------------------------------------------------------
     def end_step(self) -> None:
-        """Drop the reference to the last input (called after each forward pass)."""
+        """After each forward pass: drop the reference to the last input, fold the step's sums."""
         self._last = None
+        self._fold_similarity()
 
     def flush(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
         """({name: (sums2, sums, counts)}, similarity sums, similarity tokens) since the last flush."""
         self._last = None
+        self._fold_similarity()
         sums = {name: acc.take() for name, acc in sorted(self.accumulators.items())}
-        if self._sim_sum is None:
-            sim, tok = np.zeros(self.n_blocks), np.zeros(self.n_blocks)
-        else:
-            sim = self._sim_sum.cpu().numpy().copy()
-            tok = self._sim_tokens.cpu().numpy().astype(np.float64)
-            self._sim_sum.zero_()
-            self._sim_tokens.zero_()
+        sim = np.array([0.0 if t is None else float(t.item()) for t in self._sim_sums])
+        for t in self._sim_sums:
+            if t is not None:
+                t.zero_()
+        tok = self._sim_tokens.copy()
+        self._sim_tokens[:] = 0
         return sums, sim, tok
 
     def remove(self) -> None:
