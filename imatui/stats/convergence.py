@@ -23,6 +23,7 @@ import numpy as np
 from imatui.imatrix import Imatrix
 
 MOST_MOVED = 5
+MIN_STEP_SECONDS = 1.0
 
 
 def channel_means(imatrix: Imatrix, cancelled: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
@@ -75,7 +76,8 @@ class Step:
 
     @property
     def chunks_per_minute(self) -> float | None:
-        if self.seconds is None or self.seconds <= 0 or self.to_chunks <= self.from_chunks:
+        # under a second between checkpoints is no collection's pace: copied files, not a run
+        if self.seconds is None or self.seconds < MIN_STEP_SECONDS or self.to_chunks <= self.from_chunks:
             return None
         return (self.to_chunks - self.from_chunks) * 60.0 / self.seconds
 

@@ -31,6 +31,7 @@ from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
 from imatui.tui.widgets.layer_sparklines import LayerSparklines
 from imatui.tui.widgets.stats_table import LayerTable, StatsTable, TensorTable, name_matcher
+from imatui.tui.watcher import LiveWatcher
 
 VIEWS = ("all", "table", "layers", "detail")
 ENDLESS_GROUPS = {"watch", "_loader"}
@@ -66,6 +67,8 @@ class ImatuiApp(App[None]):
         Binding("b", "toggle_browser", "Files", id="browser.toggle", tooltip="show or hide the file browser"),
         Binding("d", "diff", "Diff", id="diff", tooltip="diff with the file selected in the browser"),
         Binding("p", "save_screenshot", "SVG", id="screenshot", tooltip="save an SVG screenshot here"),
+        Binding("c", "convergence", "Converge", show=False, id="convergence",
+                tooltip="convergence over the checkpoints of a running collection or of snapshot files"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
 
@@ -89,6 +92,7 @@ class ImatuiApp(App[None]):
         self.created_at = time.perf_counter()
         self.first_frame_at: float | None = None
         self._open_scheduled = False
+        self.watcher = LiveWatcher(self)  # follows the shown file (issue 4: live monitoring)
 
     @staticmethod
     def _plan(paths: list[str]) -> tuple[Path, str | None, list[str]]:
@@ -152,6 +156,7 @@ class ImatuiApp(App[None]):
             self.set_live_status(f"waiting for {Path(self._initial_path).name}")
             self.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
             self.current_path = self._initial_path
+            self.watcher.follow(self._initial_path)
         else:
             # paint the first frame before the loader thread competes for the GIL
             self._open_scheduled = True
@@ -249,6 +254,7 @@ class ImatuiApp(App[None]):
             return  # a file the user has since moved away from, or the app is closing
         self.imatrix, self.report = message.imatrix, message.report
         self.shown_path = message.path
+        self.watcher.follow(message.path, shown=message.imatrix)
         info = self.query_one(InfoBar)
         info.state = ""
         info.report = message.report
@@ -477,6 +483,12 @@ class ImatuiApp(App[None]):
             self.notify(f"cannot save the screenshot: {exc}", severity="error")
             return
         self.notify(f"saved {saved}", title="screenshot")
+
+    def action_convergence(self) -> None:
+        from imatui.tui.screens.convergence import ConvergenceScreen
+
+        if not isinstance(self.screen, ConvergenceScreen):
+            self.push_screen(ConvergenceScreen(self.watcher))
 
     def action_help(self) -> None:
         from imatui.tui.screens.help import HelpScreen

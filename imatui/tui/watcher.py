@@ -31,10 +31,22 @@ from imatui.tui.messages import DataLoaded, LoadFailed
 if TYPE_CHECKING:
     from textual.app import App
 
+    from imatui.imatrix import Imatrix
+
 LIVE = "live"
+IDLE = "idle"
 WRITING = "writing…"
 DELETED = "file deleted — showing last data"
 SNAPSHOT_RETRIES = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def _lazy_stamp(imatrix: "Imatrix | None") -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file a lazily read Imatrix was parsed from, when the reader kept it."""
+    if imatrix is None or not imatrix.entries:
+        return None
+    loader = next(iter(imatrix.entries.values()))._sums2
+    stamp = getattr(loader, "stamp", None)
+    return tuple(stamp) if callable(loader) and stamp is not None else None  # type: ignore[return-value]
 
 
 def waiting_for(path: str | Path) -> str:
@@ -58,10 +70,16 @@ class LiveWatcher:
         self.last_latency: float | None = None  # change event -> DataLoaded posted, seconds
         self.on_change = on_change  # called when the series or the snapshot list changed
         self._timer = None
+        self._shown_stamp: tuple[int, int] | None = None
 
     # -- starting ---------------------------------------------------------------------------------
-    def follow(self, path: str | Path) -> None:
-        """Follow `path` (replacing any file followed before); safe to call for the same path again."""
+    def follow(self, path: str | Path, shown: "Imatrix | None" = None) -> None:
+        """Follow `path` (replacing any file followed before); a no-op for the file already followed.
+
+        `shown`: the Imatrix the app already shows for it; when the follower's first version is that
+        very file (same size and mtime) of a large, lazily read file, its statistics are not computed
+        a second time.
+        """
         path = str(path)
         if path == self.path:
             return
@@ -69,11 +87,15 @@ class LiveWatcher:
             self.series = ConvergenceSeries()
             self.snapshots = {}
         self.path = path
+        self._shown_stamp = _lazy_stamp(shown)
         self.app.run_worker(self._run(path), name=f"watch {path}", group="watch", exclusive=True,
                             exit_on_error=False)
         if self._timer is None:
             # the "12s ago" in the header; one repaint a second, nothing while the app is idle otherwise
             self._timer = self.app.set_interval(1.0, self._refresh_header)
+            series = list(getattr(self.app, "series", []) or [])
+            if len(series) > 1:  # several snapshot files on the command line
+                self.load_series(series)
 
     def load_series(self, paths: Sequence[str | Path]) -> None:
         """Snapshot files named on the command line: their convergence, without a running collector."""
@@ -85,12 +107,27 @@ class LiveWatcher:
         from imatui.stats.tensor import compute_stats
 
         started = True  # snapshots listed before the file's first state existed before we started
+        first_load = True  # the file as found, not a new checkpoint: no convergence notification
         async with contextlib.aclosing(follow(path, chunk_size=getattr(self.app, "chunk_size", 512))) as events:
             async for event in events:
                 if path != self.path:
                     return
                 if isinstance(event, Loaded):
                     started = False
+                    if self._shown_stamp is not None and event.stamp[:2] == self._shown_stamp:
+                        # the app has just computed these very numbers from these very bytes: keep them,
+                        # only swap in the follower's copy (an eager one, unless the file is large),
+                        # so the detail pane can still read channels while a writer rewrites the file
+                        self._shown_stamp = None
+                        first_load = False
+                        if getattr(self.app, "shown_path", path) == path and not event.lazy:
+                            self.app.imatrix = event.imatrix  # type: ignore[attr-defined]
+                        await asyncio.to_thread(self._add_checkpoint, event)
+                        self.loaded_at = time.monotonic()
+                        self._set_status(IDLE)  # followed; no change seen yet
+                        self._changed()
+                        continue
+                    self._shown_stamp = None
                     try:
                         report = await asyncio.to_thread(compute_stats, event.imatrix)
                         step = await asyncio.to_thread(self._add_checkpoint, event)
@@ -107,8 +144,9 @@ class LiveWatcher:
                     if event.changed_at is not None:
                         self.last_latency = self.loaded_at - event.changed_at
                     self._set_status(LIVE)
-                    if step is not None:
+                    if step is not None and not first_load:
                         self._notify_step(step)
+                    first_load = False
                     self._changed()
                 elif isinstance(event, Writing):
                     started = False
@@ -185,7 +223,7 @@ class LiveWatcher:
             return
         self.app.notify(
             f"{step.from_chunks}→{step.to_chunks} chunks: min cos {step.min:.4f} ({step.min_tensor}), "
-            f"median {step.median:.5f}",
+            f"median {step.median:.5f} · c: convergence screen",
             title="convergence", timeout=4)
 
     def _changed(self) -> None:

@@ -37,11 +37,13 @@ class ConvergenceScreen(Screen):
     DEFAULT_CSS = """
     ConvergenceScreen { layout: vertical; }
     #conv-title { height: 1; padding: 0 1; background: $boost; }
+    #conv-sparks { height: auto; }
     .conv-row { height: 1; padding: 0 1; }
     .conv-label { width: 14; }
     .conv-spark { width: 1fr; height: 1; }
     .conv-value { width: 12; text-align: right; }
-    #conv-steps { height: 1fr; }
+    #conv-steps { height: auto; max-height: 60%; }
+    #conv-fill { height: 1fr; }
     #conv-moved { height: auto; max-height: 9; padding: 0 1; border-top: hkey $foreground 20%; }
     #conv-snapshots { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
     """
@@ -58,7 +60,7 @@ class ConvergenceScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="conv-title")
-        with Vertical():
+        with Vertical(id="conv-sparks"):
             with Horizontal(classes="conv-row"):
                 yield Static("min cos", classes="conv-label")
                 yield Sparkline([], id="conv-min", classes="conv-spark", summary_function=min)
@@ -70,6 +72,7 @@ class ConvergenceScreen(Screen):
         yield DataTable(id="conv-steps", cursor_type="row", zebra_stripes=True)
         yield Static(id="conv-moved")
         yield Static(id="conv-snapshots")
+        yield Static(id="conv-fill")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -10,7 +10,8 @@ from textual.widget import Widget
 
 from imatui.stats.tensor import StatsReport
 
-_LIVE_STYLES = {"live": "bold green", "idle": "dim", "writing…": "bold yellow", "deleted": "bold red"}
+_LIVE_STYLES = {"live": "bold green", "idle": "dim", "writing…": "bold yellow", "deleted": "bold red",
+                "file deleted": "bold red"}
 
 
 class InfoBar(Widget):
@@ -38,7 +39,9 @@ class InfoBar(Widget):
             text.truncate(width, overflow="ellipsis")
             return text
         # the live marker always shows; the file details give way on a narrow terminal
-        marker = Text(f" ● {self.live} ", style=_LIVE_STYLES.get(self.live, "bold yellow"))
+        # the watcher appends growth ("live · 5.0/min · 12s ago"): style by the leading words
+        style = next((v for k, v in _LIVE_STYLES.items() if self.live.startswith(k)), "bold yellow")
+        marker = Text(f" ● {self.live} ", style=style)
         room = width - marker.cell_len - 1
         if room < 8:
             marker.truncate(width, overflow="ellipsis")

@@ -1,0 +1,120 @@
+"""The real app follows a collection: a writer thread replays llama-imatrix's checkpoint series.
+
+Every DataLoaded the app receives is recorded (run_test's message hook), so "the table never holds
+statistics of a partial file" is checked on every update, not only on the ones a test happens to see.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import FIXTURES
+from imatui.formats import load
+from imatui.stats.tensor import compute_stats
+from imatui.tui.app import make_app
+from imatui.tui.messages import DataLoaded, LoadFailed
+from imatui.tui.screens.convergence import ConvergenceScreen
+from imatui.tui.watcher import DELETED
+from imatui.tui.widgets.info_bar import InfoBar
+from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
+
+TENSOR = "blk.21.ffn_down.weight"
+EXPECTED = {n: compute_stats(load(p)) for n, p in SNAPSHOTS.items()}
+
+
+def header(app) -> str:
+    return str(app.query_one(InfoBar).render())
+
+
+async def _wait(pilot, condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+def _check_report(report) -> None:
+    """The statistics of one complete checkpoint, every tensor."""
+    expected = EXPECTED[report.chunk_count]
+    assert [t.name for t in report.tensors] == [t.name for t in expected.tensors]
+    assert [t.sum for t in report.tensors] == [t.sum for t in expected.tensors]
+
+
+@pytest.mark.parametrize("writer", [write_in_place, write_atomic], ids=["in-place", "atomic-rename"])
+async def test_app_follows_the_checkpoint_series(tmp_path, writer):
+    path = tmp_path / "live.imatrix.gguf"
+    messages: list = []
+    app = make_app([str(path)])
+    replay = Replay(path, writer, delete_at_end=False)
+    async with app.run_test(size=(120, 36), message_hook=messages.append) as pilot:
+        await pilot.pause()
+        assert "waiting for live.imatrix.gguf" in header(app)  # started before the file existed
+        assert app.report is None
+        replay.started.set()
+        replay.start()
+        for n in CHUNKS:
+            await _wait(pilot, lambda: app.report is not None and app.report.chunk_count == n)
+            await pilot.pause()
+            assert f"{n} × 512" in header(app)
+            assert "● live" in header(app)
+            table = app.tensor_table
+            assert table.row_count == 210
+            assert table.get_cell(TENSOR, "sum").plain.strip() == f"{EXPECTED[n].tensor(TENSOR).sum:.2f}"
+            replay.shown[n].set()
+        replay.join(5)
+        errors = [x.message for x in app._notifications if x.severity == "error"]
+        notes = [x.message for x in app._notifications]
+    loaded = [m for m in messages if isinstance(m, DataLoaded)]
+    assert [m.report.chunk_count for m in loaded] == [10, 20, 30, 40]
+    for m in loaded:
+        _check_report(m.report)
+    assert not [m for m in messages if isinstance(m, LoadFailed)]
+    assert errors == []
+    assert any("30→40 chunks: min cos 0.9819 (blk.27.ffn_down.weight)" in x for x in notes)
+
+
+async def test_file_deleted_while_open_keeps_the_last_data(tmp_path):
+    path = tmp_path / "run.imatrix.gguf"
+    path.write_bytes(SNAPSHOTS[20].read_bytes())
+    app = make_app([str(path)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await _wait(pilot, lambda: app.watcher.status == "idle")  # followed, nothing changed yet
+        assert "20 × 512" in header(app) and "● idle" in header(app)
+        os.remove(path)
+        await _wait(pilot, lambda: app.watcher.status == DELETED)
+        await pilot.pause()
+        assert "file deleted — showing last data" in header(app)
+        assert "20 × 512" in header(app) and app.tensor_table.row_count == 210
+        assert any("was deleted" in x.message and x.severity == "warning" for x in app._notifications)
+        # it comes back (a new run into the same name): followed again
+        path.write_bytes(SNAPSHOTS[30].read_bytes())
+        await _wait(pilot, lambda: app.report.chunk_count == 30)
+        await pilot.pause()
+        assert "30 × 512" in header(app) and "● live" in header(app)
+        assert not [x for x in app._notifications if x.severity == "error"]
+
+
+async def test_snapshot_files_on_the_command_line_show_their_convergence():
+    paths = [str(SNAPSHOTS[n]) for n in CHUNKS]
+    app = make_app(paths)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await _wait(pilot, lambda: len(app.watcher.series) == 4)
+        await pilot.press("c")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ConvergenceScreen)
+        table = screen.query_one("#conv-steps")
+        rows = [[str(c) for c in table.get_row_at(i)[:4]] for i in range(table.row_count)]
+        assert rows == [
+            ["10→20", "0.9855", "0.99986", "blk.21.ffn_down.weight"],
+            ["20→30", "0.9962", "0.99999", "blk.4.ffn_down.weight"],
+            ["30→40", "0.9819", "0.99993", "blk.27.ffn_down.weight"],
+        ]
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ConvergenceScreen)
+        assert app.load_errors == []
