@@ -127,30 +127,40 @@ async def idle_cpu(path: Path, seconds: float) -> tuple[float, float]:
     return bare, following
 
 
-async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> list[float]:
-    """End of write -> the real app's tensor table shows the new chunk count."""
-    from imatui.tui.app import make_app
+async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> tuple[list[float], list[float]]:
+    """End of write -> the watcher posts DataLoaded, and -> the app's handler has updated the table."""
+    from imatui.tui.app import ImatuiApp, make_app
 
+    handled: list[float] = []
+    original = ImatuiApp.on_data_loaded
+
+    def timed(self, message) -> None:
+        original(self, message)
+        handled.append(time.monotonic())
+
+    ImatuiApp.on_data_loaded = timed  # type: ignore[method-assign]
     app = make_app([str(path)])
+    posted_out: list[float] = []
     out: list[float] = []
-    async with app.run_test(size=(120, 36)) as pilot:
-        for _ in range(200):
-            if app.report is not None:
-                break
-            await pilot.pause(0.02)
-        await pilot.pause(0.5)
-        for i in range(rounds):
-            data = blobs[i % len(blobs)]
-            before = id(app.report)
-            await asyncio.to_thread(write_in_place, path, data)
-            end = time.monotonic()
-            while id(app.report) == before:
-                await asyncio.sleep(0.002)
-                if time.monotonic() - end > 30:
-                    raise RuntimeError("the app did not update")
-            out.append(time.monotonic() - end)
-            await pilot.pause(0.1)
-    return out
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await app.wait_for_data()
+            await pilot.pause(0.5)
+            for i in range(rounds):
+                data = blobs[i % len(blobs)]
+                count = len(handled)
+                await asyncio.to_thread(write_in_place, path, data)
+                end = time.monotonic()
+                while len(handled) == count:
+                    await asyncio.sleep(0.002)
+                    if time.monotonic() - end > 30:
+                        raise RuntimeError("the app did not update")
+                posted_out.append(app.watcher.loaded_at - end)
+                out.append(handled[-1] - end)
+                await pilot.pause(0.3)
+    finally:
+        ImatuiApp.on_data_loaded = original  # type: ignore[method-assign]
+    return posted_out, out
 
 
 def fmt(values: list[float]) -> str:
@@ -181,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:8s} write -> stats ready:      {fmt(ready)}  "
                   f"= {statistics.median(ready) * 1000 / base_ms:.2f}x baseline; target 200 ms")
         if args.app:
-            lat = asyncio.run(app_latency(path, blobs, args.rounds))
-            print(f"  in place write -> app table updated: {fmt(lat)}")
+            posted, lat = asyncio.run(app_latency(path, blobs, args.rounds))
+            print(f"  in place write -> app watcher posts data: {fmt(posted)}")
+            print(f"  in place write -> app table updated:      {fmt(lat)}")
         bare, following = asyncio.run(idle_cpu(path, args.idle))
         print(f"idle over {args.idle:.0f} s: bare sleep {bare * 1000:.0f} ms CPU, following {following * 1000:.0f} ms "
               f"CPU ({100 * following / args.idle:.2f}% of one core)")

@@ -130,7 +130,6 @@ class LiveWatcher:
                     self._shown_stamp = None
                     try:
                         report = await asyncio.to_thread(compute_stats, event.imatrix)
-                        step = await asyncio.to_thread(self._add_checkpoint, event)
                     except TruncatedError:
                         self._set_status(WRITING)  # a lazy (large) file rewritten under the statistics pass
                         continue
@@ -143,6 +142,11 @@ class LiveWatcher:
                     self.loaded_at = time.monotonic()
                     if event.changed_at is not None:
                         self.last_latency = self.loaded_at - event.changed_at
+                    # convergence after the table's data went out: it is not on the latency path
+                    try:
+                        step = await asyncio.to_thread(self._add_checkpoint, event)
+                    except ImatrixError:
+                        step = None  # a large lazy file rewritten again meanwhile: the next version will do
                     self._set_status(LIVE)
                     if step is not None and not first_load:
                         self._notify_step(step)
