@@ -81,27 +81,34 @@ def main() -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     collector = Collector(model)
+    no_sim = Collector(model, layer_similarity=False)
+    no_sim.detach()
 
-    def step(hooked: bool) -> float:
-        if hooked:
-            collector.attach()
-        else:
-            collector.detach()
+    def step(mode: str) -> float:
+        collector.detach()
+        no_sim.detach()
+        active = {"hooked": collector, "no_sim": no_sim}.get(mode)
+        if active is not None:
+            active.attach()
         sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False, logits_to_keep=keep)
-        if hooked:
-            collector.end_step()
+        if active is not None:
+            active.end_step()
         sync()
         return time.perf_counter() - t0
 
-    step(True)  # warm-up both paths (allocations, kernels, the collector's buffers)
-    step(False)
-    plain, hooked = [], []
+    for mode in ("hooked", "no_sim", "plain"):  # warm-up (allocations, kernels, the collector's buffers)
+        step(mode)
+    times: dict[str, list[float]] = {"plain": [], "hooked": [], "no_sim": []}
     for i in range(args.steps):
-        for mode in ((False, True) if i % 2 == 0 else (True, False)):
-            (hooked if mode else plain).append(step(mode))
+        order = ("plain", "hooked", "no_sim") if i % 2 == 0 else ("no_sim", "hooked", "plain")
+        for mode in order:
+            times[mode].append(step(mode))
+    plain, hooked = times["plain"], times["hooked"]
+    collector.attach()
+    step("hooked")
     sync()
     t0 = time.perf_counter()
     collector.flush()  # what a checkpoint adds: device -> host float64, once
@@ -116,6 +123,7 @@ def main() -> int:
         "steps": args.steps, "plain_s": round(p, 4), "hooked_s": round(h, 4),
         "plain_tok_s": round(tokens / p, 1), "hooked_tok_s": round(tokens / h, 1),
         "overhead": round(h / p - 1.0, 4), "flush_s": round(flush_s, 4),
+        "overhead_without_similarity": round(statistics.median(times["no_sim"]) / p - 1.0, 4),
         "weights_hooked": len(collector.accumulators), "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -127,6 +135,8 @@ def main() -> int:
               f"median of {args.steps} steps each")
         print(f"  without hooks: {p * 1e3:9.1f} ms/step  {tokens / p:12,.0f} tokens/s")
         print(f"  with hooks:    {h * 1e3:9.1f} ms/step  {tokens / h:12,.0f} tokens/s")
+        print(f"  of which layer similarity: {100 * (h - statistics.median(times['no_sim'])) / p:+.1f}% "
+              f"(hooks without it: {100 * result['overhead_without_similarity']:+.1f}%)")
         print(f"  overhead: {100 * (h / p - 1):+.1f}%  (target <= +10%)   flush at a checkpoint: "
               f"{flush_s * 1e3:.1f} ms for {result['weights_hooked']} weights")
     return 0

@@ -42,27 +42,29 @@ try:  # pragma: no cover - exercised on CUDA machines only
         tl.atomic_add(s_ptr + cols, acc, mask=cmask)
 
     @triton.jit
-    def _cosine_kernel(a_ptr, b_ptr, out_ptr, T, H, stride_a, stride_b, BLOCK_T: tl.constexpr,
-                       BLOCK_H: tl.constexpr):
+    def _cosine_kernel(a_ptr, b_ptr, out_ptr, T, H, stride_a, stride_b, ROWS: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
         pid = tl.program_id(0)
-        rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-        rmask = rows < T
-        dot = tl.zeros([BLOCK_T], dtype=tl.float32)
-        na = tl.zeros([BLOCK_T], dtype=tl.float32)
-        nb = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            cols = h0 + tl.arange(0, BLOCK_H)
-            m = rmask[:, None] & (cols[None, :] < H)
-            a = tl.load(a_ptr + rows[:, None].to(tl.int64) * stride_a + cols[None, :], mask=m, other=0.0)
-            b = tl.load(b_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-            dot += tl.sum(a * b, axis=1)
-            na += tl.sum(a * a, axis=1)
-            nb += tl.sum(b * b, axis=1)
-        cos = dot / tl.sqrt(tl.maximum(na * nb, 1e-16))
-        cos = tl.where(rmask, cos, 0.0)
-        tl.atomic_add(out_ptr, tl.sum(cos, axis=0))
+        total = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for r0 in range(0, ROWS, BLOCK_T):
+            rows = pid * ROWS + r0 + tl.arange(0, BLOCK_T)
+            rmask = rows < T
+            dot = tl.zeros([BLOCK_T], dtype=tl.float32)
+            na = tl.zeros([BLOCK_T], dtype=tl.float32)
+            nb = tl.zeros([BLOCK_T], dtype=tl.float32)
+            for h0 in range(0, H, BLOCK_H):
+                cols = h0 + tl.arange(0, BLOCK_H)
+                m = rmask[:, None] & (cols[None, :] < H)
+                a = tl.load(a_ptr + rows[:, None].to(tl.int64) * stride_a + cols[None, :], mask=m, other=0.0)
+                b = tl.load(b_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+                dot += tl.sum(a * b, axis=1)
+                na += tl.sum(a * a, axis=1)
+                nb += tl.sum(b * b, axis=1)
+            cos = dot / tl.sqrt(tl.maximum(na * nb, 1e-16))
+            total += tl.where(rmask, cos, 0.0)
+        tl.atomic_add(out_ptr, tl.sum(total, axis=0))
 
     AVAILABLE = True
 except Exception:  # noqa: BLE001 - no Triton, or a Triton that cannot compile here
@@ -73,13 +75,39 @@ def usable(x: torch.Tensor) -> bool:
     return AVAILABLE and x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
+_SMS: dict[int, int] = {}
+
+
+def _programs_target(device: torch.device) -> int:
+    """About four programs per multiprocessor: enough to fill the GPU, few atomics per address."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return 4 * _SMS[idx]
+
+
+def _rows_per_program(T: int, other_programs: int, device: torch.device, block_t: int) -> int:
+    """A power of two >= block_t (few distinct values, so few compiled variants)."""
+    want = max(1, T * other_programs // _programs_target(device))
+    rows = block_t
+    while rows < want and rows < 16384:
+        rows *= 2
+    return rows
+
+
+def _block(n: int) -> int:
+    return 128 if n % 128 == 0 else 64
+
+
 def colsum_(x: torch.Tensor, sums2: torch.Tensor, sums: torch.Tensor) -> None:
     """sums2 += (x*x).sum(0); sums += x.sum(0) for x (T, n) on CUDA; sums2/sums float32 (n,) contiguous."""
     x = x if x.stride(-1) == 1 else x.contiguous()
     T, N = x.shape
-    rows = 256
-    grid = (triton.cdiv(N, 128), triton.cdiv(T, rows))
-    _colsum_kernel[grid](x, sums2, sums, T, N, x.stride(0), ROWS=rows, BLOCK_T=32, BLOCK_N=128)
+    block_n = _block(N)
+    col_blocks = triton.cdiv(N, block_n)
+    rows = _rows_per_program(T, col_blocks, x.device, 32)
+    grid = (col_blocks, triton.cdiv(T, rows))
+    _colsum_kernel[grid](x, sums2, sums, T, N, x.stride(0), ROWS=rows, BLOCK_T=32, BLOCK_N=block_n)
 
 
 def cosine_sum_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -87,7 +115,6 @@ def cosine_sum_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     a = a if a.stride(-1) == 1 else a.contiguous()
     b = b if b.stride(-1) == 1 else b.contiguous()
     T, H = a.shape
-    block_h = min(1024, triton.next_power_of_2(H))
-    block_t = max(1, 4096 // block_h)
-    _cosine_kernel[(triton.cdiv(T, block_t),)](a, b, out, T, H, a.stride(0), b.stride(0),
-                                               BLOCK_T=block_t, BLOCK_H=block_h)
+    rows = _rows_per_program(T, 1, a.device, 16)
+    _cosine_kernel[(triton.cdiv(T, rows),)](a, b, out, T, H, a.stride(0), b.stride(0), ROWS=rows,
+                                            BLOCK_T=16, BLOCK_H=_block(H))
