@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -407,7 +408,10 @@ def test_random_byte_flips(capsys, tmp_path, fmt):
         for w in where:
             buf[w] ^= int(rng.integers(1, 256))
         p.write_bytes(bytes(buf))
-        rc, out, err = cli(capsys, "stats", p, "--format", "csv")
+        with warnings.catch_warnings(record=True) as caught:  # a warning is more lines on stderr
+            warnings.simplefilter("always")
+            rc, out, err = cli(capsys, "stats", p, "--format", "csv")
+        assert not caught, (i, [str(w.message) for w in caught])
         assert rc in (0, 2), (i, err)
         if rc == 2:
             assert_one_line_error(rc, err, p)
