@@ -41,7 +41,7 @@ def _settled(screen: DiffScreen) -> bool:
     """The screen shows its report (or its error) and the plot shows the tensor under the cursor."""
     if screen.error is not None and screen.report is None:
         return True
-    if screen.report is None or screen.query_one(DataTable).loading:
+    if screen.report is None or screen.computing:
         return False
     plot = screen.query_one(OverlayPlot)
     return screen.selected is None or (plot.pair is not None and plot.pair.name == screen.selected
