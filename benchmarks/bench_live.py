@@ -163,6 +163,26 @@ async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> tuple[list
     return posted_out, out
 
 
+async def app_idle_cpu(path: Path, seconds: float, follow_file: bool) -> float:
+    """CPU seconds of the headless app showing an unchanged file, with or without the watcher."""
+    from imatui.tui.app import make_app
+    from imatui.tui.watcher import LiveWatcher
+
+    original = LiveWatcher.follow
+    if not follow_file:
+        LiveWatcher.follow = lambda self, *a, **k: None  # type: ignore[method-assign]
+    try:
+        app = make_app([str(path)])
+        async with app.run_test(size=(120, 36)) as pilot:
+            await app.wait_for_data()
+            await pilot.pause(1.0)
+            c0 = cpu_seconds()
+            await asyncio.sleep(seconds)
+            return cpu_seconds() - c0
+    finally:
+        LiveWatcher.follow = original  # type: ignore[method-assign]
+
+
 def fmt(values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
@@ -194,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             posted, lat = asyncio.run(app_latency(path, blobs, args.rounds))
             print(f"  in place write -> app watcher posts data: {fmt(posted)}")
             print(f"  in place write -> app table updated:      {fmt(lat)}")
+            without = asyncio.run(app_idle_cpu(path, args.idle, False))
+            with_watch = asyncio.run(app_idle_cpu(path, args.idle, True))
+            print(f"app idle over {args.idle:.0f} s: {without * 1000:.0f} ms CPU without the watcher, "
+                  f"{with_watch * 1000:.0f} ms with it")
         bare, following = asyncio.run(idle_cpu(path, args.idle))
         print(f"idle over {args.idle:.0f} s: bare sleep {bare * 1000:.0f} ms CPU, following {following * 1000:.0f} ms "
               f"CPU ({100 * following / args.idle:.2f}% of one core)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -88,6 +89,13 @@ class LiveWatcher:
             self.snapshots = {}
         self.path = path
         self._shown_stamp = _lazy_stamp(shown)
+        if shown is not None and self._shown_stamp is None:
+            # an eagerly read file (legacy .dat) keeps no stamp: the app has just read it, take it now
+            try:
+                st = os.stat(path)
+                self._shown_stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
         self.app.run_worker(self._run(path), name=f"watch {path}", group="watch", exclusive=True,
                             exit_on_error=False)
         if self._timer is None:
