@@ -426,3 +426,25 @@ def test_cli_screenshot_writes_svg_and_refuses_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already exists" in err and str(bad) in err
     assert not (tmp_path / "b.svg").exists()
+
+
+async def test_messages_while_another_screen_is_on_top():
+    """A reload (the watcher's DataLoaded) or the detail reader finishing while help or diff is
+    shown must update the main view underneath, not look for it on the screen on top."""
+    from imatui.tui.screens.help import HelpScreen
+
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        other = load(FIXTURES / "smollm2-prose-4chunks.imatrix.gguf")
+        app.post_message(DataLoaded(str(PROSE), other, compute_stats(other)))
+        await pilot.press("s", "m")  # main-view keys do nothing under the help screen
+        await app.wait_for_data()
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert app.tensor_table.sort_column == "kind"
+        assert app.main_screen.query_one(LayerSparklines).metric.key == "sum"
+        await pilot.press("escape")
+        assert "4 × 512" in _info(app)

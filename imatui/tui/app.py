@@ -35,6 +35,8 @@ from imatui.tui.watcher import LiveWatcher
 
 VIEWS = ("all", "table", "layers", "detail")
 ENDLESS_GROUPS = {"watch", "_loader"}
+MAIN_VIEW_ACTIONS = {"filter", "clear_filter", "next_sort", "previous_sort", "reverse_sort", "toggle_table",
+                     "next_metric", "previous_metric", "cycle_view", "toggle_browser", "diff"}
 # below this width the detail pane only shows in the "detail" view
 NARROW = 100
 
@@ -128,33 +130,45 @@ class ImatuiApp(App[None]):
         footer.compact = True  # every binding fits on 80 columns
         yield footer
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # keys of the main view do nothing while another screen (help, diff, ...) is on top
+        if action in MAIN_VIEW_ACTIONS and self.screen_stack and self.screen is not self.screen_stack[0]:
+            return False
+        return True
+
+    @property
+    def main_screen(self) -> Screen:
+        """The explorer's own screen. App.query would search the screen on top (help, diff,
+        convergence), so every lookup of our widgets goes through this."""
+        return self.screen_stack[0]
+
     @property
     def tensor_table(self) -> TensorTable:
-        return self.query_one("#tensors", TensorTable)
+        return self.main_screen.query_one("#tensors", TensorTable)
 
     @property
     def layer_table(self) -> LayerTable:
-        return self.query_one("#layers", LayerTable)
+        return self.main_screen.query_one("#layers", LayerTable)
 
     @property
     def active_table(self) -> StatsTable:
-        return self.query_one(f"#{self.query_one('#tables', ContentSwitcher).current}", StatsTable)
+        return self.main_screen.query_one(f"#{self.main_screen.query_one('#tables', ContentSwitcher).current}", StatsTable)
 
     def on_mount(self) -> None:
         self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
         self.call_after_refresh(self._first_frame)
-        info = self.query_one(InfoBar)
-        self.query_one("#filter").display = False
+        info = self.main_screen.query_one(InfoBar)
+        self.main_screen.query_one("#filter").display = False
         self._apply_layout()
         if self._initial_path is None:
             info.path = str(self.browse_root)
             info.state = "choose an imatrix file in the browser (Enter opens it)"
-            self.query_one(DetailPane).clear("no file open")
-            self.query_one("#browser").focus()
+            self.main_screen.query_one(DetailPane).clear("no file open")
+            self.main_screen.query_one("#browser").focus()
         elif not Path(self._initial_path).exists():
             info.path = self._initial_path
             self.set_live_status(f"waiting for {Path(self._initial_path).name}")
-            self.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
+            self.main_screen.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
             self.current_path = self._initial_path
             self.watcher.follow(self._initial_path)
         else:
@@ -183,7 +197,7 @@ class ImatuiApp(App[None]):
     def open_path(self, path: str | Path) -> None:
         """Load a file in place of the current one (cursor, sort and filter are kept)."""
         path = str(path)
-        info = self.query_one(InfoBar)
+        info = self.main_screen.query_one(InfoBar)
         if path != self.current_path:
             info.path = path
         self.current_path = path
@@ -195,14 +209,14 @@ class ImatuiApp(App[None]):
 
     def set_live_status(self, status: str) -> None:
         """The header's live marker: "live", "idle", "writing…", "waiting for FILE", "deleted"."""
-        self.query_one(InfoBar).live = status
+        self.main_screen.query_one(InfoBar).live = status
 
     def show_table(self, which: str, focus: bool = True) -> None:
-        self.query_one("#tables", ContentSwitcher).current = which
+        self.main_screen.query_one("#tables", ContentSwitcher).current = which
         if focus:
             self.active_table.focus()
         # the layer marker follows the table in front
-        sparklines = self.query_one(LayerSparklines)
+        sparklines = self.main_screen.query_one(LayerSparklines)
         if which == "layers":
             key = self.layer_table.selected_key
             sparklines.select_layer(None if key is None else int(key))
@@ -218,7 +232,7 @@ class ImatuiApp(App[None]):
         self.active_table.sort_by(column, reverse)
 
     def set_metric(self, key: str) -> None:
-        self.query_one(LayerSparklines).set_metric(key)
+        self.main_screen.query_one(LayerSparklines).set_metric(key)
 
     # -- loading -------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
@@ -255,7 +269,7 @@ class ImatuiApp(App[None]):
         self.imatrix, self.report = message.imatrix, message.report
         self.shown_path = message.path
         self.watcher.follow(message.path, shown=message.imatrix)
-        info = self.query_one(InfoBar)
+        info = self.main_screen.query_one(InfoBar)
         info.state = ""
         info.report = message.report
         self.sub_title = Path(message.path).name
@@ -263,7 +277,7 @@ class ImatuiApp(App[None]):
             self.tensor_table.show_report(message.report)
             self.layer_table.show_report(message.report)
             self.tensor_table.loading = False
-            self.query_one(LayerSparklines).show_report(message.report)
+            self.main_screen.query_one(LayerSparklines).show_report(message.report)
         focused = self.focused
         if (focused is None or not focused.display) and self.screen is self.screen_stack[0]:
             self.active_table.focus()  # the loading indicator took the focus away
@@ -273,14 +287,14 @@ class ImatuiApp(App[None]):
 
     def on_load_progress(self, message: LoadProgress) -> None:
         if message.path == self.current_path and self._view_alive:
-            self.query_one(InfoBar).state = f"statistics {message.done}/{message.total}…"
+            self.main_screen.query_one(InfoBar).state = f"statistics {message.done}/{message.total}…"
 
     def on_load_failed(self, message: LoadFailed) -> None:
         self.load_errors.append(message.message)
         if not self._view_alive:
             return
         self.tensor_table.loading = False
-        info = self.query_one(InfoBar)
+        info = self.main_screen.query_one(InfoBar)
         if self.report is not None and self.shown_path is not None:
             # what is on screen stays, and says which file it is from
             if message.path == self.current_path and message.path != self.shown_path:
@@ -302,19 +316,19 @@ class ImatuiApp(App[None]):
     def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if not self._view_alive:
             return
-        if event.row_key is not None and self.query_one("#tables", ContentSwitcher).current == "layers":
-            self.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
+        if event.row_key is not None and self.main_screen.query_one("#tables", ContentSwitcher).current == "layers":
+            self.main_screen.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
 
     def _select(self, name: str | None, force: bool = False) -> None:
         if name == self.selected_name and not force:
             return
         self.selected_name = name
-        report, detail = self.report, self.query_one(DetailPane)
+        report, detail = self.report, self.main_screen.query_one(DetailPane)
         t = report.tensor(name) if (report is not None and name is not None) else None
         if t is None:
             detail.clear("no tensor selected" if report is not None else "")
             return
-        self.query_one(LayerSparklines).select_layer(t.layer)
+        self.main_screen.query_one(LayerSparklines).select_layer(t.layer)
         detail.show_tensor(t)
         self._read_channels(self.current_path, name)
 
@@ -337,7 +351,7 @@ class ImatuiApp(App[None]):
             return
         t = self.report.tensor(message.name)
         if t is not None and self._view_alive:
-            self.query_one(DetailPane).show_channels(t, message.values, message.counts)
+            self.main_screen.query_one(DetailPane).show_channels(t, message.values, message.counts)
 
     async def wait_for_data(self) -> None:
         """Until the file is loaded and the detail pane drawn (for tests, headless screenshots)."""
@@ -361,14 +375,14 @@ class ImatuiApp(App[None]):
 
     @property
     def browser(self) -> ImatrixTree | None:
-        found = self.query("#browser")
+        found = self.main_screen.query("#browser")
         return found.first(ImatrixTree) if found else None
 
     def show_browser(self, show: bool = True) -> ImatrixTree | None:
         browser = self.browser
         if browser is None and show:
             browser = ImatrixTree(self.browse_root.resolve(), id="browser")
-            self.query_one("#body").mount(browser, before="#main")
+            self.main_screen.query_one("#body").mount(browser, before="#main")
         if browser is not None:
             browser.display = show
             browser.focus() if show else self.active_table.focus()
@@ -380,7 +394,7 @@ class ImatuiApp(App[None]):
 
     # -- filter ---------------------------------------------------------------------------------
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.main_screen.query_one("#filter", Input)
         box.display = True
         self.show_table("tensors", focus=False)
         # now, not later (focus() defers): keys typed or pasted right after "/" belong to the box
@@ -400,7 +414,7 @@ class ImatuiApp(App[None]):
         self.tensor_table.focus()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.main_screen.query_one("#filter", Input)
         if box.value:
             box.value = ""
             self.tensor_table.set_filter(name_matcher("")[0])
@@ -428,14 +442,14 @@ class ImatuiApp(App[None]):
             self.notify(f"sorted by {col.label} {'▼ descending' if desc else '▲ ascending'}", timeout=1.5)
 
     def action_toggle_table(self) -> None:
-        switcher = self.query_one("#tables", ContentSwitcher)
+        switcher = self.main_screen.query_one("#tables", ContentSwitcher)
         self.show_table("layers" if switcher.current == "tensors" else "tensors")
 
     def action_next_metric(self) -> None:
-        self.query_one(LayerSparklines).cycle_metric(1)
+        self.main_screen.query_one(LayerSparklines).cycle_metric(1)
 
     def action_previous_metric(self) -> None:
-        self.query_one(LayerSparklines).cycle_metric(-1)
+        self.main_screen.query_one(LayerSparklines).cycle_metric(-1)
 
     def action_cycle_view(self) -> None:
         self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
@@ -443,14 +457,14 @@ class ImatuiApp(App[None]):
     def watch_view(self, view: str) -> None:
         if view == "layers":
             self.show_table("layers")
-        elif view in ("detail", "table") and self.query_one("#tables", ContentSwitcher).current == "layers":
+        elif view in ("detail", "table") and self.main_screen.query_one("#tables", ContentSwitcher).current == "layers":
             self.show_table("tensors")
         self._apply_layout()
 
     def _apply_layout(self) -> None:
         if not self.is_mounted:
             return
-        main = self.query_one("#main")
+        main = self.main_screen.query_one("#main")
         for v in VIEWS:
             main.set_class(v == self.view, f"-view-{v}")
         main.set_class(self.size.width < NARROW, "-narrow")
