@@ -24,22 +24,23 @@ try:  # pragma: no cover - exercised on CUDA machines only
     @triton.jit
     def _colsum_kernel(x_ptr, s2_ptr, s_ptr, T, N, stride_t, ROWS: tl.constexpr, BLOCK_T: tl.constexpr,
                        BLOCK_N: tl.constexpr):
+        # element-wise accumulation in registers; one reduction and one atomic per column at the end
         pid_n = tl.program_id(0)
         pid_t = tl.program_id(1)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < N
-        acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
         t0 = pid_t * ROWS
         for i in range(0, ROWS, BLOCK_T):
             rows = t0 + i + tl.arange(0, BLOCK_T)
             m = (rows[:, None] < T) & cmask[None, :]
             v = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_t + cols[None, :], mask=m, other=0.0)
             v = v.to(tl.float32)
-            acc2 += tl.sum(v * v, axis=0)
-            acc += tl.sum(v, axis=0)
-        tl.atomic_add(s2_ptr + cols, acc2, mask=cmask)
-        tl.atomic_add(s_ptr + cols, acc, mask=cmask)
+            acc2 += v * v
+            acc += v
+        tl.atomic_add(s2_ptr + cols, tl.sum(acc2, axis=0), mask=cmask)
+        tl.atomic_add(s_ptr + cols, tl.sum(acc, axis=0), mask=cmask)
 
     @triton.jit
     def _cosine_kernel(a_ptr, b_ptr, out_ptr, T, H, stride_a, stride_b, ROWS: tl.constexpr,
@@ -49,9 +50,9 @@ try:  # pragma: no cover - exercised on CUDA machines only
         for r0 in range(0, ROWS, BLOCK_T):
             rows = pid * ROWS + r0 + tl.arange(0, BLOCK_T)
             rmask = rows < T
-            dot = tl.zeros([BLOCK_T], dtype=tl.float32)
-            na = tl.zeros([BLOCK_T], dtype=tl.float32)
-            nb = tl.zeros([BLOCK_T], dtype=tl.float32)
+            dot = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+            na = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+            nb = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
             for h0 in range(0, H, BLOCK_H):
                 cols = h0 + tl.arange(0, BLOCK_H)
                 m = rmask[:, None] & (cols[None, :] < H)
@@ -59,10 +60,12 @@ try:  # pragma: no cover - exercised on CUDA machines only
                 b = tl.load(b_ptr + rows[:, None].to(tl.int64) * stride_b + cols[None, :], mask=m, other=0.0)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-                dot += tl.sum(a * b, axis=1)
-                na += tl.sum(a * a, axis=1)
-                nb += tl.sum(b * b, axis=1)
-            cos = dot / tl.sqrt(tl.maximum(na * nb, 1e-16))
+                dot += a * b
+                na += a * a
+                nb += b * b
+            d = tl.sum(dot, axis=1)
+            n2 = tl.sum(na, axis=1) * tl.sum(nb, axis=1)
+            cos = d / tl.sqrt(tl.maximum(n2, 1e-16))
             total += tl.where(rmask, cos, 0.0)
         tl.atomic_add(out_ptr, tl.sum(total, axis=0))
 
@@ -103,11 +106,9 @@ def colsum_(x: torch.Tensor, sums2: torch.Tensor, sums: torch.Tensor) -> None:
     """sums2 += (x*x).sum(0); sums += x.sum(0) for x (T, n) on CUDA; sums2/sums float32 (n,) contiguous."""
     x = x if x.stride(-1) == 1 else x.contiguous()
     T, N = x.shape
-    block_n = _block(N)
-    col_blocks = triton.cdiv(N, block_n)
-    rows = _rows_per_program(T, col_blocks, x.device, 32)
-    grid = (col_blocks, triton.cdiv(T, rows))
-    _colsum_kernel[grid](x, sums2, sums, T, N, x.stride(0), ROWS=rows, BLOCK_T=32, BLOCK_N=block_n)
+    rows = 512
+    grid = (triton.cdiv(N, 128), triton.cdiv(T, rows))
+    _colsum_kernel[grid](x, sums2, sums, T, N, x.stride(0), ROWS=rows, BLOCK_T=32, BLOCK_N=128)
 
 
 def cosine_sum_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
