@@ -107,8 +107,8 @@ async def test_rows_header_sparklines_and_detail():
         # the sparklines point at the selected tensor: its kind's row and a caret at its layer
         assert [r.kind for r in screen.query(KindSparkline) if r.has_class("-selected")] == ["ffn_down"]
         caret = str(screen.query_one("#diff-caret", Static).render())
-        assert caret.endswith("▲ layer 24")
-        assert caret.index("▲") - 12 in layer_columns(30, spark.size.width, 24)
+        assert caret.endswith("▼ layer 24")
+        assert caret.index("▼") - 12 in layer_columns(30, spark.size.width, 24)
 
 
 async def test_sort_by_key_and_header_click():

@@ -20,7 +20,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.renderables._blend_colors import blend_colors
 from textual.renderables.sparkline import Sparkline as SparklineRenderable
@@ -361,7 +361,7 @@ class LayerCaret(Static):
             return
         line = [" "] * (self.label_width + spark.size.width)
         for c in columns:
-            line[self.label_width + c] = "▲"
+            line[self.label_width + c] = "▼"
         self.update("".join(line).rstrip() + f" layer {self.at_layer}")
 
 
@@ -417,6 +417,7 @@ class DiffScreen(Screen):
     DiffScreen #diff-bottom { height: 45%; min-height: 10; max-height: 16; }
     DiffScreen #diff-sparks { width: 62; max-width: 55%; padding: 0 1; border-right: vkey $foreground 20%; }
     DiffScreen #diff-sparks .title { color: $text-muted; text-style: bold; }
+    DiffScreen #diff-spark-rows { height: 1fr; scrollbar-size-vertical: 1; }
     DiffScreen #diff-detail { width: 1fr; padding: 0 1; }
     DiffScreen #diff-detail-title { height: auto; max-height: 4; }
     DiffScreen #diff-filter { dock: bottom; display: none; }
@@ -471,7 +472,8 @@ class DiffScreen(Screen):
         yield Static("", id="diff-status")
         with Horizontal(id="diff-bottom"):
             yield Vertical(Label("1 − cosine per layer (higher: A and B disagree)", classes="title"),
-                           LayerCaret(id="diff-caret"), id="diff-sparks")
+                           LayerCaret(id="diff-caret"), VerticalScroll(id="diff-spark-rows"),
+                           id="diff-sparks")
             with Vertical(id="diff-detail"):
                 yield Static("", id="diff-detail-title")
                 yield OverlayPlot(id="diff-plot")
@@ -590,7 +592,7 @@ class DiffScreen(Screen):
         return text
 
     def _build_sparklines(self) -> None:
-        box = self.query_one("#diff-sparks", Vertical)
+        box = self.query_one("#diff-spark-rows", VerticalScroll)
         for old in box.query(KindSparkline):
             old.remove()
         report = self.report
@@ -600,7 +602,7 @@ class DiffScreen(Screen):
         width = min(18, max(len(kind) for kind in series) + 1)  # DeepSeek's ffn_gate_shexp: 15
         rows = [KindSparkline(kind, cos, top, width) for kind, cos in series.items()]
         self.query_one(LayerCaret).label_width = width
-        box.mount_all(rows, before=box.query_one(LayerCaret))
+        box.mount_all(rows)
 
     # --- the table --------------------------------------------------------------------------------
 
@@ -678,6 +680,8 @@ class DiffScreen(Screen):
         self._show_detail(t)
         for row in self.query(KindSparkline):
             row.set_class(row.kind == t.kind, "-selected")
+            if row.kind == t.kind:  # many kinds (DeepSeek has 15): keep the selected one in view
+                self.query_one("#diff-spark-rows", VerticalScroll).scroll_to_widget(row, animate=False)
         self.query_one(LayerCaret).point(len(self.report.layers), t.layer)
 
     @on(DataTable.HeaderSelected, "#diff-table")
