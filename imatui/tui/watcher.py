@@ -130,7 +130,7 @@ class LiveWatcher:
                         first_load = False
                         if getattr(self.app, "shown_path", path) == path and not event.lazy:
                             self.app.imatrix = event.imatrix  # type: ignore[attr-defined]
-                        await asyncio.to_thread(self._add_checkpoint, event)
+                        await self._add_checkpoint(event)
                         self.loaded_at = time.monotonic()
                         self._set_status(IDLE)  # followed; no change seen yet
                         self._changed()
@@ -152,7 +152,7 @@ class LiveWatcher:
                         self.last_latency = self.loaded_at - event.changed_at
                     # convergence after the table's data went out: it is not on the latency path
                     try:
-                        step = await asyncio.to_thread(self._add_checkpoint, event)
+                        step = await self._add_checkpoint(event)
                     except ImatrixError:
                         step = None  # a large lazy file rewritten again meanwhile: the next version will do
                     self._set_status(LIVE)
@@ -183,8 +183,12 @@ class LiveWatcher:
                     self._set_status("unreadable")
                     self.app.post_message(LoadFailed(path, event.message))
 
-    def _add_checkpoint(self, event: Loaded) -> Step | None:
-        return self.series.add(event.imatrix, when=event.mtime, label=event.path.name)
+    async def _add_checkpoint(self, event: Loaded) -> Step | None:
+        # the means in a thread; the series itself only ever changes on the event loop (snapshot
+        # workers insert into it too)
+        means = await asyncio.to_thread(channel_means, event.imatrix)
+        return self.series.add_checkpoint(
+            Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name))
 
     async def _add_snapshot(self, snap: Path) -> None:
         """A snapshot is often noticed while llama-imatrix is still writing it: try a few times."""
@@ -197,8 +201,8 @@ class LiveWatcher:
                 if self.series.insert_checkpoint(checkpoint):
                     self._changed()
                 return
-            if outcome.kind in ("missing", "invalid"):
-                return
+            if outcome.kind == "missing":
+                return  # "invalid" may be a header still half-written: the retries decide
 
     async def _load_series(self, paths: list[Path]) -> None:
         for path in paths:
