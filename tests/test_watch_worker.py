@@ -109,8 +109,14 @@ async def test_convergence_screen_from_snapshots_grows_when_one_lands(tmp_path):
         await _wait(pilot, lambda: table.row_count == 3)
         assert "checkpoints at 10, 20, 30, 40 chunks" in str(screen.query_one("#conv-title", Static).content)
         assert str(table.get_row_at(2)[3]) == "blk.27.ffn_down.weight"
-        moved = str(screen.query_one("#conv-moved", Static).content)
-        assert "blk.27.ffn_down.weight" in moved and "0.98194" in moved
+        assert "30→40 chunks" in str(screen.query_one("#conv-moved", Static).content)
+        movers = screen.query_one("#conv-movers")
+        assert [str(c) for c in movers.get_row_at(0)] == ["blk.27.ffn_down.weight", "0.98194", "1.81e-02"]
+        assert movers.row_count == 5
+        # the cursor on an earlier step shows that step's movers
+        table.move_cursor(row=0)
+        await pilot.pause()
+        assert str(movers.get_row_at(0)[0]) == "blk.21.ffn_down.weight"
         assert "p.imatrix.gguf.at_40" in str(screen.query_one("#conv-snapshots", Static).content)
         assert screen.query_one("#conv-min").data == pytest.approx(
             [0.9854764779437304, 0.9962194323634926, 0.9819378560855336])

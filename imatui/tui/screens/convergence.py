@@ -44,7 +44,8 @@ class ConvergenceScreen(Screen):
     .conv-value { width: 12; text-align: right; }
     #conv-steps { height: auto; max-height: 60%; }
     #conv-fill { height: 1fr; }
-    #conv-moved { height: auto; max-height: 9; padding: 0 1; border-top: hkey $foreground 20%; }
+    #conv-moved { height: auto; padding: 0 1; border-top: hkey $foreground 20%; }
+    #conv-movers { height: auto; max-height: 8; }
     #conv-snapshots { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
     """
 
@@ -71,6 +72,7 @@ class ConvergenceScreen(Screen):
                 yield Static(id="conv-median-value", classes="conv-value")
         yield DataTable(id="conv-steps", cursor_type="row", zebra_stripes=True)
         yield Static(id="conv-moved")
+        yield DataTable(id="conv-movers", cursor_type="row")
         yield Static(id="conv-snapshots")
         yield Static(id="conv-fill")
         yield Footer()
@@ -78,6 +80,7 @@ class ConvergenceScreen(Screen):
     def on_mount(self) -> None:
         table = self.query_one("#conv-steps", DataTable)
         table.add_columns("chunks", "min cos", "median cos", "moved most", "chunks/min")
+        self.query_one("#conv-movers", DataTable).add_columns("tensor", "cos", "1 − cos")
         self._ready = True
         self.refresh_series()
 
@@ -129,18 +132,47 @@ class ConvergenceScreen(Screen):
         if steps:
             table.move_cursor(row=len(steps) - 1)
 
-        moved = Text()
-        if steps:
-            last = steps[-1]
-            moved.append(f"moved most, {last.from_chunks}→{last.to_chunks} chunks:\n", style="bold")
-            for name, cos in last.most_moved:
-                moved.append(f"  {name:<32} ", style="bold red" if cos < MOVED else "bold")
-                moved.append_text(_cos_text(cos, 5))
-                moved.append(f"   1−cos {1 - cos:.2e}\n")
-        else:
-            moved.append("no step yet: the series needs two checkpoints of the same collection", style="dim")
-        self.query_one("#conv-moved", Static).update(moved)
+        self._show_movers(len(steps) - 1)
 
         snaps = sorted(self.watcher.snapshots.items(), key=lambda kv: kv[1])
         self.query_one("#conv-snapshots", Static).update(
             "snapshots: " + ", ".join(p.name for p, _ in snaps) if snaps else "")
+
+    def _show_movers(self, index: int) -> None:
+        """The tensors that moved most in step `index` (the last one unless the cursor says otherwise)."""
+        steps = self.watcher.series.steps
+        movers = self.query_one("#conv-movers", DataTable)
+        movers.clear()
+        if not 0 <= index < len(steps):
+            self.query_one("#conv-moved", Static).update(
+                Text("no step yet: the series needs two checkpoints of the same collection", style="dim"))
+            return
+        step = steps[index]
+        self.query_one("#conv-moved", Static).update(Text.assemble(
+            (f"moved most, {step.from_chunks}→{step.to_chunks} chunks", "bold"),
+            ("   Enter: show it in the table", "dim")))
+        for name, cos in step.most_moved:
+            movers.add_row(Text(name, style="bold red" if cos < MOVED else "bold"), _cos_text(cos, 5),
+                           f"{1 - cos:.2e}", key=name)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "conv-steps":
+            self._show_movers(event.cursor_row)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id != "conv-movers" or event.row_key.value is None:
+            return
+        name = str(event.row_key.value)
+        app = self.app
+        app.pop_screen()
+        table = getattr(app, "tensor_table", None)
+        if table is None:
+            return
+        try:
+            row = table.get_row_index(name)
+        except Exception:  # noqa: BLE001 - RowDoesNotExist: hidden by the filter
+            app.notify(f"{name} is hidden by the filter (Esc clears it)", severity="warning")
+            return
+        if hasattr(app, "show_table"):
+            app.show_table("tensors")
+        table.move_cursor(row=row)
