@@ -270,27 +270,32 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             # llama counts fl(fl(v - μ) / σ) > 1; that is monotone in v, so it is v >= v* for one v*
             vstar = np.array([_z_threshold(mean[k], dev[k]) if ok[k] and dev[k] > 0 else np.inf
                               for k in range(K)], dtype=F32)
+            # moments of d = v - μ, divided by σ only where a float32 sum of d^4 could overflow
+            big = np.maximum(np.abs(vmax.astype(np.float64)), np.abs(vmin.astype(np.float64)))
+            scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
+            need_scale = bool(np.any(scale != 1))
             if ok.any():
                 for r0, r1, e0, e1, raw, dead_rows in blocks():
                     vals = means(raw, r0, r1)
                     # a count along rows via uint8 sums: twice as fast as count_nonzero(axis=1)
                     ge = (vals >= vstar[:, None]).view(np.uint8)  # skipped rows: 0 < v*
                     zcount += np.add.reduce(ge, axis=1, dtype=np.int32)
-                    # moments of z = (v - μ) / σ: scale-free, so float32 powers cannot overflow
-                    z = (vals - mean[:, None]) / safe_dev[:, None]
-                    z2 = z * z
-                    m2 += np.einsum("ij,ij->i", z, z)
-                    m3 += np.einsum("ij,ij->i", z2, z)
-                    m4 += np.einsum("ij,ij->i", z2, z2)
-                    nd = dead_rows.sum(axis=1) * n_in
-                    for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / σ)^p each
-                        mu = float(mean[k]) / float(safe_dev[k])
-                        m2[k] -= nd[k] * mu * mu
-                        m3[k] -= nd[k] * -(mu**3)
-                        m4[k] -= nd[k] * mu**4
                     # fl(v / Σ) as llama; p * log2(p), where 0 * log2(tiny) = -0.0 leaves the chain as it is
                     pt = np.ascontiguousarray((vals / safe_total[:, None]).T)
                     ent = _chain(pt * np.log2(np.maximum(pt, _TINY)), ent)
+                    d = np.subtract(vals, mean[:, None], out=vals)
+                    if need_scale:
+                        np.divide(d, scale[:, None], out=d)
+                    d2 = d * d
+                    m2 += np.einsum("ij,ij->i", d, d)
+                    m3 += np.einsum("ij,ij->i", d2, d)
+                    m4 += np.einsum("ij,ij->i", d2, d2)
+                    nd = dead_rows.sum(axis=1) * n_in
+                    for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
+                        mu = float(mean[k]) / float(scale[k])
+                        m2[k] -= nd[k] * mu * mu
+                        m3[k] -= nd[k] * -(mu**3)
+                        m4[k] -= nd[k] * mu**4
     finally:
         for fd in fds.values():
             os.close(fd)
