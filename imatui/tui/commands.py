@@ -35,6 +35,9 @@ def app_commands(app: "ImatuiApp") -> Iterable[SystemCommand]:
                             lambda k=metric.key: app.set_metric(k))
     yield SystemCommand("diff: with the file selected in the browser",
                         "compare the open file with another, tensor by tensor", app.action_diff)
+    yield SystemCommand("view: convergence over the checkpoints",
+                        "min / median cosine between checkpoints, the tensors that moved most",
+                        app.action_convergence)
     yield SystemCommand("screenshot: save SVG here", "write the screen as SVG into the current folder",
                         app.action_save_screenshot)
     yield SystemCommand("help: keys and columns", "what every key and number means", app.action_help)

@@ -25,6 +25,7 @@ KEYS = [
     ("b", "show or hide the file browser (Enter opens the file)"),
     ("d", "diff the open file with the file selected in the browser"),
     ("p", "save an SVG screenshot in the current folder"),
+    ("c", "convergence: how much each new checkpoint still changes the matrix (live file or snapshots)"),
     ("Ctrl+P", "command palette: every action, by name"),
     ("?", "this help"),
     ("q", "quit"),
