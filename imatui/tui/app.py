@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input
+from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from imatui.errors import ImatrixError
@@ -117,9 +117,10 @@ class ImatuiApp(App[None]):
                 yield ImatrixTree(self.browse_root.resolve(), id="browser")
             # otherwise the browser is mounted when first shown (b): listing a folder checks the
             # bytes of every candidate file, work that must not slow down the first load
-            with MainView(id="main"):
+            with MainView(id="main", classes="-empty"):
                 yield Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
                             id="filter")
+                yield Static("", id="placeholder")
                 with ContentSwitcher(initial="tensors", id="tables"):
                     yield TensorTable(id="tensors")
                     yield LayerTable(id="layers")
@@ -164,11 +165,14 @@ class ImatuiApp(App[None]):
             info.path = str(self.browse_root)
             info.state = "choose an imatrix file in the browser (Enter opens it)"
             self.main_screen.query_one(DetailPane).clear("no file open")
+            self._placeholder(f"{self.browse_root.resolve()}\n\nchoose an imatrix file in the browser "
+                              "(Enter opens it)")
             self.main_screen.query_one("#browser").focus()
         elif not Path(self._initial_path).exists():
             info.path = self._initial_path
             self.set_live_status(f"waiting for {Path(self._initial_path).name}")
             self.main_screen.query_one(DetailPane).clear(f"{self._initial_path} does not exist yet")
+            self._placeholder(f"waiting for {self._initial_path}\n\nit opens when it appears")
             self.current_path = self._initial_path
             self.watcher.follow(self._initial_path)
         else:
@@ -183,6 +187,10 @@ class ImatuiApp(App[None]):
     def _view_alive(self) -> bool:
         """False while the app shuts down (workers' messages may still arrive then)."""
         return bool(self.screen_stack) and bool(self.screen_stack[0].query("#main"))
+
+    def _placeholder(self, text: str) -> None:
+        """What the table area says while there is no table."""
+        self.main_screen.query_one("#placeholder", Static).update(text)
 
     def _open_initial(self, path: str) -> None:
         self._open_scheduled = False
@@ -203,7 +211,10 @@ class ImatuiApp(App[None]):
         self.current_path = path
         info.state = "loading…"
         if self.report is None:
-            self.tensor_table.loading = True
+            # a static note, not Textual's animated LoadingIndicator: its 60 fps repaints take GIL
+            # time from the statistics threads (about 15% on the 1 GB file); the header counts
+            self._placeholder(f"reading {Path(path).name} …\n\nthe table fills in when its statistics "
+                              "are computed")
         self.load_started = time.perf_counter()
         self._load(path)
 
@@ -268,6 +279,7 @@ class ImatuiApp(App[None]):
             return  # a file the user has since moved away from, or the app is closing
         self.imatrix, self.report = message.imatrix, message.report
         self.shown_path = message.path
+        self.main_screen.query_one("#main").remove_class("-empty")
         self.watcher.follow(message.path, shown=message.imatrix)
         info = self.main_screen.query_one(InfoBar)
         info.state = ""
@@ -276,11 +288,10 @@ class ImatuiApp(App[None]):
         with self.batch_update():
             self.tensor_table.show_report(message.report)
             self.layer_table.show_report(message.report)
-            self.tensor_table.loading = False
             self.main_screen.query_one(LayerSparklines).show_report(message.report)
         focused = self.focused
         if (focused is None or not focused.display) and self.screen is self.screen_stack[0]:
-            self.active_table.focus()  # the loading indicator took the focus away
+            self.active_table.focus()
         if self.load_started is not None and self.table_filled_at is None:
             self.table_filled_at = time.perf_counter()
         self._select(self.tensor_table.selected_key, force=True)
@@ -293,7 +304,6 @@ class ImatuiApp(App[None]):
         self.load_errors.append(message.message)
         if not self._view_alive:
             return
-        self.tensor_table.loading = False
         info = self.main_screen.query_one(InfoBar)
         if self.report is not None and self.shown_path is not None:
             # what is on screen stays, and says which file it is from
@@ -303,6 +313,7 @@ class ImatuiApp(App[None]):
             info.state = ""
         else:
             info.state = "cannot open"
+            self._placeholder(f"cannot open {message.message}\n\nb: choose another file")
         self.notify(message.message, title="cannot open", severity="error", timeout=8)
 
     # -- selection and detail ----------------------------------------------------------------
