@@ -14,7 +14,8 @@ How a write is recognised:
   copy; a short read, a moved stamp or a TruncatedError means `Writing`, and the file is tried again
   on its next change (or after a short back-off, only while it keeps changing). Parsing a private
   copy also keeps gguf-py's memory map away from a file that a writer may truncate under it (a
-  SIGBUS, not an exception).
+  SIGBUS, not an exception). Files above COPY_LIMIT are parsed in place and read lazily (every
+  tensor read checks the stamp); there a truncation during the header parse itself remains a risk.
 - when idle the generator waits on the inotify watch; it never polls the file.
 """
 
