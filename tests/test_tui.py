@@ -331,6 +331,8 @@ async def test_missing_file_waits(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert "waiting for later.gguf" in _info(app)
+        assert "waiting for" in str(app.main_screen.query_one("#placeholder").render())
+        assert not app.main_screen.query_one("#tables").display
         assert app.load_errors == []
         app.set_live_status("live")
         await pilot.pause()

@@ -153,7 +153,12 @@ class ImatuiApp(App[None]):
 
     @property
     def active_table(self) -> StatsTable:
-        return self.main_screen.query_one(f"#{self.main_screen.query_one('#tables', ContentSwitcher).current}", StatsTable)
+        return self.main_screen.query_one(f"#{self.current_table}", StatsTable)
+
+    @property
+    def current_table(self) -> str:
+        """"tensors" or "layers": the table in front."""
+        return str(self.main_screen.query_one("#tables", ContentSwitcher).current)
 
     def on_mount(self) -> None:
         self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
@@ -327,7 +332,7 @@ class ImatuiApp(App[None]):
     def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if not self._view_alive:
             return
-        if event.row_key is not None and self.main_screen.query_one("#tables", ContentSwitcher).current == "layers":
+        if event.row_key is not None and self.current_table == "layers":
             self.main_screen.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
 
     def _select(self, name: str | None, force: bool = False) -> None:
@@ -468,7 +473,7 @@ class ImatuiApp(App[None]):
     def watch_view(self, view: str) -> None:
         if view == "layers":
             self.show_table("layers")
-        elif view in ("detail", "table") and self.main_screen.query_one("#tables", ContentSwitcher).current == "layers":
+        elif view in ("detail", "table") and self.current_table == "layers":
             self.show_table("tensors")
         self._apply_layout()
 

@@ -222,7 +222,8 @@ class LayerSparklines(VerticalScroll):
         if series is None:
             series = self.series()
         for value_widget, values in zip(self._values, series.values()):
-            value = values[self.selected_layer] if self.selected_layer is not None and self.selected_layer < len(values) else None
+            layer = self.selected_layer
+            value = values[layer] if layer is not None and layer < len(values) else None
             value_widget.update("" if value is None else metric.fmt % value)
 
     def values_at_selected_layer(self) -> dict[str, str]:
