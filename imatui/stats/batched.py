@@ -160,7 +160,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     total = np.zeros(K, F32)
     sqr = np.zeros(K, F32)
     mag = np.zeros(K, F32)
-    dp = np.zeros(max(K - 1, 0), F32)
+    dp = np.zeros(K, F32)  # dp[j]: column j with column j + 1
     vmin = np.full(K, np.inf, F32)
     vmax = np.full(K, -np.inf, F32)
     inactive = np.zeros(K, np.int64)
@@ -225,7 +225,13 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 total = _chain(vt, total)
                 sqr = _chain(sq, sqr)
                 if K > 1:
-                    dp = _chain(rt[:, 1:] * rt[:, :-1], dp)
+                    # column j times column j + 1 as one contiguous multiply of the flat matrix shifted by
+                    # one element (the last column pairs across rows: unused)
+                    pr = np.empty_like(rt)
+                    flat, pflat = rt.reshape(-1), pr.reshape(-1)
+                    np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
+                    pflat[-1] = 0
+                    dp = _chain(pr, dp)
                 np.multiply(rt, rt, out=rt)
                 mag = _chain(rt, mag)
 
