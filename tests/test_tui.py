@@ -279,6 +279,17 @@ async def test_narrow_terminal_and_views():
             if table.display and lower.display:
                 assert not table.region.overlaps(lower.region)
         assert seen == ["table", "layers", "detail", "all"]
+        # sorting by a column that is off screen at 80 columns scrolls it into view
+        table = app.tensor_table
+        assert table.scroll_x == 0
+        await pilot.press("S", "S")  # kind -> layer -> (wrapping back) the last column
+        await pilot.pause()
+        last = list(table.columns)[-1].value
+        assert table.sort_column == last and table.scroll_x > 0
+        await pilot.press("enter")  # Enter on a tensor: the detail view, and back
+        assert app.view == "detail"
+        await pilot.press("enter")
+        assert app.view == "all"
         await pilot.press("v", "v", "v")  # detail at 80x24: the plots get the width
         await app.wait_for_data()
         await pilot.pause()

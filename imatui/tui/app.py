@@ -328,6 +328,11 @@ class ImatuiApp(App[None]):
             return
         self._select(None if event.row_key is None else str(event.row_key.value))
 
+    @on(DataTable.RowSelected, "#tensors")
+    def _tensor_selected(self, event: DataTable.RowSelected) -> None:
+        # Enter on a tensor: its detail pane in full, and back
+        self.view = "all" if self.view == "detail" else "detail"
+
     @on(DataTable.RowHighlighted, "#layers")
     def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if not self._view_alive:

@@ -15,6 +15,7 @@ from imatui.tui.widgets.stats_table import ACT_COLUMNS, LAYER_COLUMNS, MOE_COLUM
 
 KEYS = [
     ("↑ ↓ j k, PgUp PgDn", "move through the table; the detail pane and the layer marker follow"),
+    ("Enter", "on a tensor: show its detail pane in full (Enter again: back)"),
     ("s / S", "sort by the next / previous column (or click a column header, or Ctrl+P \"sort: by …\")"),
     ("r", "reverse the sort"),
     ("/", "filter tensor names: text, or a regex when it uses regex syntax (^ $ * + ? [ ] ( ) |)"),

@@ -244,7 +244,21 @@ class StatsTable(DataTable, Generic[T]):
             self.columns[col.key].label = self._label(col)  # type: ignore[index]
         self._show(self.selected_key)
         self.refresh()
+        self.call_after_refresh(self._reveal_column, column)
         self.post_message(self.SortChanged(self, column, reverse))
+
+    def _reveal_column(self, key: str) -> None:
+        """Scroll sideways so that the sorted column is on screen (narrow terminals)."""
+        x = 0
+        for col_key, col in self.columns.items():
+            width = col.get_render_width(self)
+            if col_key.value == key:
+                left, right = self.scroll_x, self.scroll_x + self.scrollable_content_region.width
+                if x < left or x + width > right:
+                    self.scroll_to(x=max(0, x + width - self.scrollable_content_region.width // 2),
+                                   animate=False)
+                return
+            x += width
 
     def cycle_sort(self, step: int = 1) -> None:
         keys = [c.key for c in self.spec]
