@@ -25,7 +25,7 @@ EXPECTED = {n: compute_stats(load(p)) for n, p in SNAPSHOTS.items()}
 
 
 def header(app) -> str:
-    return str(app.query_one(InfoBar).render())
+    return str(app.main_screen.query_one(InfoBar).render())
 
 
 async def _wait(pilot, condition, timeout: float = 10.0) -> None:
