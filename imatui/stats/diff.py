@@ -160,11 +160,17 @@ def _llama_sum(entry: Entry, sums2: np.ndarray) -> float | None:
 _TINY = np.finfo(np.float64).tiny
 
 
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Inner product in numpy's own SIMD loop. Not np.dot: OpenBLAS threads its ddot, and on a busy
+    machine its spinning threads made the whole diff 10x slower (8 s of CPU instead of 0.9)."""
+    return float(np.einsum("i,i->", x, y))
+
+
 def _xlogx(p: np.ndarray) -> float:
     """Σ p ln p with 0 ln 0 = 0 (0 · ln tiny is 0); unmasked, so numpy's vector log runs."""
     logs = np.maximum(p, _TINY)
     np.log(logs, out=logs)
-    return float(np.dot(p, logs))
+    return _dot(p, logs)
 
 
 # rows of a (n_mat, n_in) tensor handled per step: about 64 K float64 values, so that the dozen
@@ -200,9 +206,9 @@ def _compare(sa: np.ndarray, ca: np.ndarray, sb: np.ndarray, cb: np.ndarray, row
         r = slice(start, start + step) if dense else rows[start:start + step]
         p = np.divide(sa[r], (ca[r] * ta)[:, None], dtype=np.float64).reshape(-1)
         q = np.divide(sb[r], (cb[r] * tb)[:, None], dtype=np.float64).reshape(-1)
-        pq += float(np.dot(p, q))
-        pp += float(np.dot(p, p))
-        qq += float(np.dot(q, q))
+        pq += _dot(p, q)
+        pp += _dot(p, p)
+        qq += _dot(q, q)
         hp += _xlogx(p)
         hq += _xlogx(q)
         m = p + q
