@@ -482,8 +482,9 @@ class DiffScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        # no LoadingIndicator: its animation holds the GIL so often that the numpy worker ran 6x
-        # slower (two 1 GB files: 55 s instead of 8.6 s); the status line counts tensors instead
+        # no LoadingIndicator: its animation repaints on the UI thread and competes with the numpy
+        # worker for the GIL (two 1 GB files: 19-26 s with it, 13-18 s without, 11 s in the CLI, on a
+        # busy 2-core machine); the status line counts tensors instead
         self.computing = True
         self.sub_title = "diff"
         self._compute()
