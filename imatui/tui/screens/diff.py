@@ -671,7 +671,7 @@ class DiffScreen(Screen):
         if event.row_key is None or event.row_key.value is None:
             return
         name = event.row_key.value
-        if name == self.selected and self.query_one(OverlayPlot).pair is not None:
+        if name == self.selected:  # already shown or being read (a re-sort keeps the cursor's row)
             return
         self._select(name)
 
