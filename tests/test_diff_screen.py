@@ -366,3 +366,17 @@ async def test_moe_and_shape_mismatch_rows(tmp_path):
         await pilot.press("v", "v")
         await pilot.pause()
         assert plot.mode == 2 and "shapes differ" in plot.render().plain
+
+
+async def test_imatui_diff_opens_the_screen_in_the_app():
+    """`imatui diff A B` runs make_app([A], diff_with=B): the app pushes this screen over its own."""
+    from imatui.tui.app import make_app
+
+    app = make_app([PROSE], diff_with=CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        assert (screen.a_path, screen.b_path) == (PROSE, CODE)
+        assert _keys(_table(screen))[0] == "blk.24.ffn_down.weight"
+        await pilot.press("escape")
+        await _until(pilot, lambda: not isinstance(app.screen, DiffScreen))
+        assert app.is_running
