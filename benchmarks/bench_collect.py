@@ -80,6 +80,7 @@ def main() -> int:
     keep = args.ctx - args.ctx // 2
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    cpu_times: dict[str, list[float]] = {"plain": [], "hooked": [], "no_sim": []}
     collector = Collector(model)
     no_sim = Collector(model, layer_similarity=False)
     no_sim.detach()
@@ -91,16 +92,19 @@ def main() -> int:
         if active is not None:
             active.attach()
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False, logits_to_keep=keep)
         if active is not None:
             active.end_step()
         sync()
+        cpu_times[mode].append(time.thread_time() - c0)
         return time.perf_counter() - t0
 
     for mode in ("hooked", "no_sim", "plain"):  # warm-up (allocations, kernels, the collector's buffers)
         step(mode)
+    for v in cpu_times.values():
+        v.clear()
     times: dict[str, list[float]] = {"plain": [], "hooked": [], "no_sim": []}
     for i in range(args.steps):
         order = ("plain", "hooked", "no_sim") if i % 2 == 0 else ("no_sim", "hooked", "plain")
@@ -115,6 +119,33 @@ def main() -> int:
     flush_s = time.perf_counter() - t0
     collector.detach()
 
+    # the hooks' own CPU time: the same hooks, each wrapped in a thread-time clock (1 thread: all the work)
+    in_hooks = [0.0]
+
+    def timed(hook):
+        def wrapper(*a, **k):
+            c = time.thread_time()
+            r = hook(*a, **k)
+            in_hooks[0] += time.thread_time() - c
+            return r
+        return wrapper
+
+    probe = Collector(model)
+    probe.detach()
+    probe._registrations = [(m, timed(h), pre, kw) for (m, h, pre, kw) in probe._registrations]
+    probe.attach()
+    per_step = []
+    for _ in range(max(2, args.steps // 2)):
+        in_hooks[0] = 0.0
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        c = time.thread_time()
+        probe.end_step()
+        sync()
+        per_step.append(in_hooks[0] + time.thread_time() - c)
+    probe.detach()
+    hook_cpu = statistics.median(per_step)
+
     tokens = args.batch * args.ctx
     p, h = statistics.median(plain), statistics.median(hooked)
     result = {
@@ -124,6 +155,13 @@ def main() -> int:
         "plain_tok_s": round(tokens / p, 1), "hooked_tok_s": round(tokens / h, 1),
         "overhead": round(h / p - 1.0, 4), "flush_s": round(flush_s, 4),
         "overhead_without_similarity": round(statistics.median(times["no_sim"]) / p - 1.0, 4),
+        "overhead_of_fastest_steps": round(min(hooked) / min(plain) - 1.0, 4),
+        "cpu_time_in_hooks_s": round(hook_cpu, 4),
+        # with one torch thread on the CPU, the main thread's CPU time is the work itself, unaffected
+        # by other processes taking the cores (the wall clock is not)
+        "cpu_time_overhead": (round(statistics.median(cpu_times["hooked"][:args.steps])
+                                    / statistics.median(cpu_times["plain"][:args.steps]) - 1.0, 4)
+                              if device.type == "cpu" and torch.get_num_threads() == 1 else None),
         "weights_hooked": len(collector.accumulators), "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -137,6 +175,18 @@ def main() -> int:
         print(f"  with hooks:    {h * 1e3:9.1f} ms/step  {tokens / h:12,.0f} tokens/s")
         print(f"  of which layer similarity: {100 * (h - statistics.median(times['no_sim'])) / p:+.1f}% "
               f"(hooks without it: {100 * result['overhead_without_similarity']:+.1f}%)")
+        print(f"  fastest step of each: {min(plain) * 1e3:.1f} vs {min(hooked) * 1e3:.1f} ms "
+              f"({100 * result['overhead_of_fastest_steps']:+.1f}%; on a busy machine the least disturbed)")
+        if result["cpu_time_overhead"] is not None:
+            print(f"  thread CPU time (1 thread; time spent waiting for a core not counted): "
+                  f"{statistics.median(cpu_times['plain'][:args.steps]) * 1e3:.1f} vs "
+                  f"{statistics.median(cpu_times['hooked'][:args.steps]) * 1e3:.1f} ms/step, "
+                  f"{100 * result['cpu_time_overhead']:+.1f}%")
+        if device.type == "cpu":
+            plain_cpu = statistics.median(cpu_times["plain"][:args.steps])
+            print(f"  CPU time inside the hooks: {hook_cpu * 1e3:.1f} ms/step = {100 * hook_cpu / plain_cpu:.1f}% "
+                  f"of a plain step's CPU time" + (" (1 thread: all of the work)" if torch.get_num_threads() == 1
+                                                    else " (main thread only)"))
         print(f"  overhead: {100 * (h / p - 1):+.1f}%  (target <= +10%)   flush at a checkpoint: "
               f"{flush_s * 1e3:.1f} ms for {result['weights_hooked']} weights")
     return 0

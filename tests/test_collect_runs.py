@@ -179,3 +179,19 @@ def test_two_processes_equal_one(tiny_model, tmp_path):
     # llama-imatrix's snapshot names, from both runs
     assert sorted(p.name for p in tmp_path.glob("two.gguf.at_*")) == ["two.gguf.at_10", "two.gguf.at_20"]
     _assert_same(tmp_path / "one.gguf.at_20", tmp_path / "two.gguf.at_20")
+
+
+def test_in_file_sums_come_first(tiny_model, reference, tmp_path):
+    from imatui.collect.run import main
+    from imatui.formats import load
+
+    out = tmp_path / "more.gguf"
+    assert main(_args(tiny_model, out, "--chunks", "4", "-b", "256", "--in-file", str(reference))) == 0
+    ref, more = load(reference, lazy=False), load(out, lazy=False)
+    assert more.chunk_count == 64 and more.datasets == [str(TEXT), str(TEXT)]
+    assert more.metadata["imatui.collect.chunks_done"] == 4
+    e, r = more["blk.1.attn_k.weight"], ref["blk.1.attn_k.weight"]
+    assert e.counts.tolist() == [64 * 128.0]
+    # the first 4 chunks are also the reference's first 4: sums grow by a bit less than 4/60
+    grow = e.sums2.astype(np.float64).sum() / r.sums2.astype(np.float64).sum()
+    assert 1.0 < grow < 1.0 + 8 / 60
