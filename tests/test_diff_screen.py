@@ -204,6 +204,7 @@ async def test_toggle_a_b_delta_values_and_detail_redraw():
         top = "blk.24.ffn_down.weight"
         assert _labels(table)[1] == "Σ A" and _cell(table, top, "sum") == "551.76"
         plot = screen.query_one(OverlayPlot)
+        assert plot.render().plain.splitlines()[0].split() == ["━━", "A", "━━", "B"]
         before = plot.draws
         await pilot.press("v")
         assert _labels(table)[1] == "Σ B" and _cell(table, top, "sum") == "546.92"
@@ -215,7 +216,9 @@ async def test_toggle_a_b_delta_values_and_detail_redraw():
         await _until(pilot, lambda: plot.draws > before)
         assert plot.mode == 2
         drawn = plot.render().plain
-        assert "B − A" in drawn and "1535" in drawn  # the Δ series and whole channel ticks
+        assert "B − A per channel" in drawn and "1535" in drawn  # the Δ series and whole channel ticks
+        assert "70.1┤" in drawn  # channel 157's +70 is the top of the Δ axis
+        assert drawn.splitlines()[0].strip() == "━━ B − A"  # the legend line, above the canvas
         await pilot.press("v")
         assert _labels(table)[1] == "Σ A"
         # the plot is rebuilt at the new size when the terminal is resized

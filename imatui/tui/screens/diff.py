@@ -168,6 +168,7 @@ class OverlayPlot(Widget):
         self._cache: tuple[tuple, Text] | None = None
         self._version = 0
         self.draws = 0  # how many times a figure was built (tests check that a resize redraws)
+        self.legend: list[tuple[str, tuple[int, int, int]]] = []  # (label, colour) per series drawn
 
     def show(self, pair: ChannelPair | None, mode: int, labels: tuple[str, str]) -> None:
         self.pair, self.mode, self.labels = pair, mode, labels
@@ -176,14 +177,31 @@ class OverlayPlot(Widget):
 
     def render(self) -> Text:
         width, height = self.size.width, self.size.height
-        if self.pair is None or width < 16 or height < 6:
+        if self.pair is None or width < 16 or height < 7:
             return Text("")
         key = (width, height, self._version)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        text = Text.from_ansi(self.build(width, height), no_wrap=True)
+        self.legend = []
+        figure = Text.from_ansi(self.build(width, height - 1), no_wrap=True)
+        text = Text(no_wrap=True)
+        for i, (label, rgb) in enumerate(self.legend):
+            text.append("   " if i else " ")
+            text.append("━━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
+            text.append(label)
+        text.append("\n")
+        text.append_text(figure)
         self._cache = (key, text)
         return text
+
+    def _series(self, fig, xs: list, ys: list, label: str) -> None:
+        """Draw one series and note its colour for the legend line above the figure (plotext's own
+        legend box sits inside the canvas, over the very outliers this pane is for)."""
+        from plotext._settings.themes import themes
+
+        sequence = themes["simple"]["sequence"]
+        fig.draw(fig.signal(xs, ys).lines(True))
+        self.legend.append((label, sequence[len(self.legend) % len(sequence)].foreground()))
 
     def build(self, width: int, height: int) -> str:
         from plotext._kernel.terminal import terminal
@@ -200,21 +218,21 @@ class OverlayPlot(Widget):
                 fig.title("no channels to compare")
                 return fig.build().string()
             xs, ys = _bucket(side, n)
-            fig.draw(fig.signal(xs, ys).label(self.labels[0] if pair.a is not None else self.labels[1]).lines(True))
+            self._series(fig, xs, ys, self.labels[0] if pair.a is not None else self.labels[1])
             fig.title("only one side can be drawn")
             return fig.build().string()
         self._ticks(fig, max(len(pair.a), len(pair.b)), width)
         experts = f" · {len(pair.experts)} experts × {pair.n_in}" if len(pair.experts) > 1 else ""
         if self.mode == 2 and pair.a.shape == pair.b.shape:
             xs, ys = _bucket(pair.b - pair.a, n, signed=True)
-            fig.draw(fig.signal(xs, ys).label(f"{self.labels[1]} − {self.labels[0]}").lines(True))
+            self._series(fig, xs, ys, f"{self.labels[1]} − {self.labels[0]}")
             self._title(fig, "mean importance B − A per channel" + experts, width)
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
         # always A first: each side keeps its colour whichever values the table shows
         for xs, ys, label in ((xa, ya, self.labels[0]), (xb, yb, self.labels[1])):
-            fig.draw(fig.signal(xs, ys).label(label).lines(True))
+            self._series(fig, xs, ys, label)
         positive = min(min(ya), min(yb)) > 0
         if positive:
             fig.ruler(1).scale("log")
