@@ -352,9 +352,7 @@ def _main(argv: list[str]) -> int:
             _note(f"expert layout not supported, not collected: {', '.join(collector.unsupported[:6])}")
         if not collector.mapper.exact_arch:
             _note(f"gguf has no architecture '{model.config.model_type}'; using llama's tensor names")
-        if resume_from is None and (args.force or args.resume):
-            _clean_stale_tmp(out)
-        elif resume_from is not None:
+        if args.force or args.resume:  # a writer killed mid-write left its temporary file
             _clean_stale_tmp(out)
 
     n_chunk = chunks.n_chunk
@@ -376,6 +374,13 @@ def _main(argv: list[str]) -> int:
     compute_ppl = not args.no_ppl
     first = chunks.ppl_first
     keep = 0 if args.process_output else (ctx - first if compute_ppl else 1)
+    # only the logits the perplexity needs (all of them when lm_head is collected); asked for only when
+    # the model's forward takes the argument (a retry after a failed call would count tokens twice)
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    keep_kw = {"logits_to_keep": keep} if "logits_to_keep" in params else (
+        {"num_logits_to_keep": keep} if "num_logits_to_keep" in params else {})
     nll_dev = torch.zeros((), dtype=torch.float64, device=input_device)
     nll_tok = 0
 
@@ -455,13 +460,10 @@ def _main(argv: list[str]) -> int:
                 mine = np.array_split(np.arange(done, round_end), dist.world)[dist.rank]
                 if len(mine):
                     batch = torch.from_numpy(chunks.batch(int(mine[0]), int(mine[-1]) + 1)).to(input_device)
-                    try:
-                        out_obj = model(input_ids=batch, use_cache=False, logits_to_keep=keep)
-                    except TypeError:
-                        out_obj = model(input_ids=batch, use_cache=False)
+                    out_obj = model(input_ids=batch, use_cache=False, **keep_kw)
                     collector.end_step()
                     if compute_ppl:
-                        logits = out_obj.logits[:, -(ctx - first):, :] if keep == 0 else out_obj.logits
+                        logits = out_obj.logits[:, -(ctx - first):, :]
                         targets = batch[:, first + 1:]
                         for j in range(logits.shape[0]):
                             lg = logits[j, :-1, :].float()
@@ -471,8 +473,6 @@ def _main(argv: list[str]) -> int:
                     del out_obj
                 n_round = round_end - done
                 done = round_end
-                if dist.is_main:
-                    totals.chunks_done = done
                 totals.chunks_done = done
                 total_count = totals.prior_chunks + done
                 want_ckpt = total_count % args.output_frequency == 0 or done == n_chunk
