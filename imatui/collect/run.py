@@ -227,6 +227,9 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    except ImportError as exc:  # torch / transformers / accelerate missing
+        print(f"imatui: collect needs the 'collect' extra (pip install 'imatui[collect]'): {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _main(argv: list[str]) -> int:
