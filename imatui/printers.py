@@ -162,7 +162,8 @@ def format_csv(report: StatsReport, *, sort: str | None = None, reverse: bool = 
 def format_layers_csv(report: StatsReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    fields = ["layer", "sum", "zd", "cossim", "n_tensors", "elements", "act_l2", "act_cossim", "act_ecs"]
+    fields = ["layer", "sum", "zd", "cossim", "n_tensors", "elements", "act_l2", "act_cossim", "act_ecs",
+              "layer_similarity"]
     writer.writerow(fields)
     for lay in report.layers:
         d = lay.to_dict()

@@ -89,6 +89,8 @@ class LayerStats:
     act_l2: float | None = None
     act_cossim: float | None = None
     act_ecs: float | None = None
+    # the collector's block input/output cosine (ik_llama.cpp's --layer-similarity), from metadata
+    layer_similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -352,6 +354,11 @@ def compute_stats(
     # llama's order: kind ascending, then Σ descending (its comparator also ties on name order)
     tensors = sorted(results.values(), key=lambda t: (t.kind, -np.float32(t.sum), t.name))
     layers = _layer_stats(tensors, act_pairs)
+    sims = layer_similarities(imatrix.metadata)
+    if sims is not None:
+        for ls in layers:
+            if ls.layer < len(sims):
+                ls.layer_similarity = sims[ls.layer]
     return StatsReport(
         file=path or "",
         format=imatrix.format,
@@ -364,6 +371,20 @@ def compute_stats(
         skipped_matrices=sum(t.skipped_matrices for t in tensors),
         has_activations=imatrix.has_sums,
     )
+
+
+KEY_LAYER_SIMILARITY = "imatui.layer_similarity"  # as imatui.collect.run writes it
+
+
+def layer_similarities(metadata: dict[str, Any]) -> list[float | None] | None:
+    """Per block, the mean cosine between its input and output hidden states, as `imatui collect`
+    stores it (a float array, one value per block); None when absent or not a list of numbers."""
+    value = metadata.get(KEY_LAYER_SIMILARITY)
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    if not all(isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) for v in value):
+        return None
+    return [float(v) if math.isfinite(float(v)) else None for v in value]
 
 
 def _activation_pass(imatrix: Imatrix, order: list[str], results: dict[str, TensorStats],

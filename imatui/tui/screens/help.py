@@ -11,7 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from imatui.tui.widgets.layer_sparklines import METRICS
-from imatui.tui.widgets.stats_table import ACT_COLUMNS, LAYER_COLUMNS, MOE_COLUMNS, TENSOR_COLUMNS
+from imatui.tui.widgets.stats_table import (ACT_COLUMNS, LAYER_COLUMNS, LAYER_SIM_COLUMNS, MOE_COLUMNS,
+                                            TENSOR_COLUMNS)
 
 KEYS = [
     ("↑ ↓ j k, PgUp PgDn", "move through the table; the detail pane and the layer marker follow"),
@@ -49,7 +50,7 @@ def help_text() -> Table:
             table.add_row(col.label, col.help)
     table.add_row("", "")
     table.add_row(Text("Layer table", style="bold underline"), "")
-    for col in LAYER_COLUMNS:
+    for col in LAYER_COLUMNS + LAYER_SIM_COLUMNS:
         if col.help:
             table.add_row(col.label, col.help)
     table.add_row("", "")

@@ -3,6 +3,9 @@
 The rows line up column for column, so a pattern that runs through the depth (attention sinks in
 early blocks, a hot ffn_down at the end) shows as a vertical stripe. The selected tensor's layer is
 marked with a caret under the sparklines, at the columns the Sparkline draws that layer in.
+
+When the file carries the collector's per-block layer similarity (imatui.layer_similarity), one more
+row, "layer sim", draws it on the same axis, whatever the metric.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from textual.widgets import Sparkline, Static
 from imatui.stats.tensor import StatsReport, TensorStats
 
 LABEL_WIDTH_MAX = 22
+SIM_LABEL = "layer sim"
+SIM_FMT = "%.4f"
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class LayerSparklines(VerticalScroll):
         self.report: StatsReport | None = None
         self.selected_layer: int | None = None
         self._kinds: list[str] = []
+        self._labels: list[str] = []  # the rows: the kinds, then SIM_LABEL when the file has it
         self._n_layers = 0
         self._sparks: list[Sparkline] = []
         self._values: list[Static] = []
@@ -167,11 +173,31 @@ class LayerSparklines(VerticalScroll):
             out.setdefault(t.kind, [None] * n_layers)[t.layer] = self.metric.value(t)
         return {k: out[k] for k in sorted(out, key=kind_order)}
 
-    def _update(self) -> None:
+    def similarity(self, n_layers: int) -> list[float | None] | None:
+        """The layer similarity per layer (0..n_layers-1), or None when the file has none."""
+        report = self.report
+        if report is None or n_layers == 0:
+            return None
+        by_layer = {lay.layer: lay.layer_similarity for lay in report.layers
+                    if lay.layer_similarity is not None}
+        if not by_layer:
+            return None
+        return [by_layer.get(i) for i in range(n_layers)]
+
+    def _rows(self) -> dict[str, list[float | None]]:
+        """Every row drawn: the metric per kind, then the layer similarity when present."""
         series = self.series()
+        n_layers = len(next(iter(series.values()))) if series else 0
+        sims = self.similarity(n_layers)
+        if sims is not None:
+            series[SIM_LABEL] = sims
+        return series
+
+    def _update(self) -> None:
+        series = self._rows()
         kinds = list(series)
         n_layers = len(next(iter(series.values()))) if series else 0
-        if kinds != self._kinds or n_layers != self._n_layers:
+        if kinds != self._labels or n_layers != self._n_layers:
             self.query(".spark-row").remove()
             # labels as wide as the longest kind (within reason), so every sparkline starts and
             # ends in the same columns
@@ -189,7 +215,8 @@ class LayerSparklines(VerticalScroll):
             self.query_one(".spark-axis > .spark-label").styles.width = width
             if rows:
                 self.mount_all(rows, before=self.query_one(".spark-axis"))
-            self._kinds, self._n_layers = kinds, n_layers
+            self._labels, self._n_layers = kinds, n_layers
+            self._kinds = [k for k in kinds if k != SIM_LABEL]
             self.call_after_refresh(self._fit_rows)
         for spark, values in zip(self._sparks, series.values()):
             present = [v for v in values if v is not None and math.isfinite(v)]
@@ -220,11 +247,12 @@ class LayerSparklines(VerticalScroll):
         self.query_one("#spark-title", Static).update(title)
         self.query_one("#spark-marker", LayerMarker).set(self._n_layers, self.selected_layer)
         if series is None:
-            series = self.series()
-        for value_widget, values in zip(self._values, series.values()):
+            series = self._rows()
+        for value_widget, (label, values) in zip(self._values, series.items()):
             layer = self.selected_layer
             value = values[layer] if layer is not None and layer < len(values) else None
-            value_widget.update("" if value is None else metric.fmt % value)
+            fmt = SIM_FMT if label == SIM_LABEL else metric.fmt
+            value_widget.update("" if value is None else fmt % value)
 
     def values_at_selected_layer(self) -> dict[str, str]:
-        return {kind: str(w.render()) for kind, w in zip(self._kinds, self._values)}
+        return {label: str(w.render()) for label, w in zip(self._labels, self._values)}

@@ -108,6 +108,11 @@ LAYER_ACT_COLUMNS: list[Column[LayerStats]] = [
     _lc("act_cossim", "ActCos", _num("%.4f")),
     _lc("act_ecs", "ECS", _num("%.4f")),
 ]
+# only when the file carries the collector's imatui.layer_similarity
+LAYER_SIM_COLUMNS: list[Column[LayerStats]] = [
+    _lc("layer_similarity", "LayerSim", _num("%.4f"),
+        "mean cosine of the block's input and output hidden states (imatui collect)"),
+]
 
 
 def tensor_columns(report: StatsReport) -> list[Column[TensorStats]]:
@@ -120,7 +125,10 @@ def tensor_columns(report: StatsReport) -> list[Column[TensorStats]]:
 
 
 def layer_columns(report: StatsReport) -> list[Column[LayerStats]]:
-    return LAYER_COLUMNS + (LAYER_ACT_COLUMNS if report.has_activations else [])
+    cols = LAYER_COLUMNS + (LAYER_ACT_COLUMNS if report.has_activations else [])
+    if any(lay.layer_similarity is not None for lay in report.layers):
+        cols = cols + LAYER_SIM_COLUMNS
+    return cols
 
 
 _REGEX_CHARS = set("*+?[](){}|^$\\")
