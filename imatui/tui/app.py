@@ -225,7 +225,9 @@ class ImatuiApp(App[None]):
 
     def set_live_status(self, status: str) -> None:
         """The header's live marker: "live", "idle", "writing…", "waiting for FILE", "deleted"."""
-        self.main_screen.query_one(InfoBar).live = status
+        # query, not query_one: the header timer can fire while the app is tearing its screen down
+        for info in self.main_screen.query(InfoBar):
+            info.live = status
 
     def show_table(self, which: str, focus: bool = True) -> None:
         self.main_screen.query_one("#tables", ContentSwitcher).current = which
