@@ -111,7 +111,8 @@ LAYER_ACT_COLUMNS: list[Column[LayerStats]] = [
 # only when the file carries the collector's imatui.layer_similarity
 LAYER_SIM_COLUMNS: list[Column[LayerStats]] = [
     _lc("layer_similarity", "LayerSim", _num("%.4f"),
-        "mean cosine of the block's input and output hidden states (imatui collect)"),
+        "mean cosine of the block's input and output hidden states, from imatui collect "
+        "(also the \"layer sim\" sparkline row)"),
 ]
 
 
