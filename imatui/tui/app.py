@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input, Static
-from textual.worker import get_current_worker
+from textual.worker import WorkerCancelled, WorkerFailed, get_current_worker
 
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix
@@ -386,7 +386,10 @@ class ImatuiApp(App[None]):
             busy = [w for w in self.workers if not w.is_finished and w.group not in ENDLESS_GROUPS]
             if not busy:
                 break
-            await self.workers.wait_for_complete(busy)
+            try:
+                await self.workers.wait_for_complete(busy)
+            except (WorkerCancelled, WorkerFailed):
+                pass  # an exclusive worker superseded by a newer one (or failed): look again
             await asyncio.sleep(0.01)  # let the posted messages be handled
 
     # -- browser -------------------------------------------------------------------------------
