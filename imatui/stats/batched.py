@@ -34,7 +34,7 @@ ACTIVE_THRESHOLD = F32(1e-5)
 TOP_CHANNELS = 8
 MAX_COLUMNS = 64  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
 MIN_COLUMNS = 16  # split a group for the threads only down to this width
-BLOCK_ELEMENTS = 1 << 19  # elements of one block matrix: about 2 MB, so the passes stay in cache
+BLOCK_ELEMENTS = 1 << 20  # elements of one block matrix: about 4 MB, so the passes stay in cache
 _TINY = np.finfo(F32).smallest_subnormal
 _HAS_PREADV = hasattr(os, "preadv")
 
@@ -98,11 +98,8 @@ class _Source:
             arr = src() if callable(src) else src
             self.array = np.ascontiguousarray(arr, dtype=F32).reshape(-1)
 
-    def read_into(self, out: np.ndarray, start: int, fds: dict) -> None:
-        n = out.size
-        if self.array is not None:
-            out[:] = self.array[start : start + n]
-            return
+    def fd_offset(self, fds: dict) -> tuple[int, int]:
+        """The open file (checked against the stamp on first open) and the tensor's byte offset."""
         s = self.slice
         fd = fds.get(s.path)
         if fd is None:
@@ -112,6 +109,15 @@ class _Source:
                 raise TruncatedError("the file disappeared while it was being read", s.path) from None
             fds[s.path] = fd
             check_stamp(fd, s)
+        return fd, s.offset
+
+    def read_into(self, out: np.ndarray, start: int, fds: dict) -> None:
+        n = out.size
+        if self.array is not None:
+            out[:] = self.array[start : start + n]
+            return
+        s = self.slice
+        fd, _ = self.fd_offset(fds)
         if _HAS_PREADV:  # straight into the block matrix, no intermediate bytes
             got = os.preadv(fd, [memoryview(out).cast("B")], s.offset + 4 * start)
         else:
@@ -170,7 +176,13 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     # the value to beat to enter a tensor's top list (+inf: no list wanted)
     top_thr = np.where(real & (np.array(kk) > 0), -np.inf, np.inf).astype(F32)
     buf = np.empty((K, rows_per_block * n_in), F32)
+    # scratch of the (element, tensor) passes, reused block after block
+    tbuf = np.empty((rows_per_block * n_in, K), F32)
+    vbuf = np.empty_like(tbuf)
+    sbuf = np.empty_like(tbuf)
+    tile = next(t for t in (16, 8, 4, 2, 1) if n_in % t == 0)
     fds: dict[str, int] = {}
+    full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
 
     def blocks():
         for r0 in range(0, n_mat, rows_per_block):
@@ -179,17 +191,23 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             r1 = min(n_mat, r0 + rows_per_block)
             e0, e1 = r0 * n_in, r1 * n_in
             raw = buf[:, : e1 - e0]
+            if e1 - e0 == buf.shape[1]:
+                views = full_views
+            else:
+                views = [memoryview(raw[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
+            nbytes = 4 * (e1 - e0)
             for k, src in enumerate(sources):
-                src.read_into(raw[k], e0, fds)
+                if views is not None and src.array is None:  # one syscall straight into the block
+                    fd, off = src.fd_offset(fds)
+                    if os.preadv(fd, [views[k]], off + 4 * e0) != nbytes:
+                        raise TruncatedError("the file ends inside its tensor data", src.slice.path)
+                else:
+                    src.read_into(raw[k], e0, fds)
             yield r0, r1, e0, e1, raw, ~live[:, r0:r1]
         # a file rewritten while we read it (llama-imatrix rewrites in place) must not give numbers
         for src in sources:
             if src.slice is not None:
                 check_stamp(fds[src.slice.path], src.slice)
-
-    def means(raw: np.ndarray, r0: int, r1: int) -> np.ndarray:
-        """Per-channel means, (K, elements): rows of experts never hit become 0 (x / inf)."""
-        return (raw.reshape(K, r1 - r0, n_in) / cnt[:, r0:r1, None]).reshape(K, -1)
 
     try:
         with np.errstate(all="ignore"):
@@ -219,15 +237,21 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         if tv.size == kk[k]:
                             top_thr[k] = tv[-1]
                 # the float32 chains, on (element, tensor) matrices
-                rt = np.ascontiguousarray(raw.T)
-                vt = (rt.reshape(m, n_in, K) / c.T[:, None, :]).reshape(-1, K)
-                sq = vt * vt
+                L = m * n_in
+                rt = tbuf[:L]
+                np.copyto(rt, raw.T)
+                vt = vbuf[:L]
+                # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
+                np.divide(rt.reshape(m, n_in // tile, tile * K),
+                          np.tile(c.T[:, None, :], (1, 1, tile)), out=vt.reshape(m, n_in // tile, tile * K))
+                sq = sbuf[:L]
+                np.multiply(vt, vt, out=sq)
                 total = _chain(vt, total)
                 sqr = _chain(sq, sqr)
                 if K > 1:
                     # column j times column j + 1 as one contiguous multiply of the flat matrix shifted by
                     # one element (the last column pairs across rows: unused)
-                    pr = np.empty_like(rt)
+                    pr = sbuf[:L]
                     flat, pflat = rt.reshape(-1), pr.reshape(-1)
                     np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
                     pflat[-1] = 0
@@ -280,15 +304,34 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             big = np.maximum(np.abs(vmax.astype(np.float64)), np.abs(vmin.astype(np.float64)))
             scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
             need_scale = bool(np.any(scale != 1))
+            gbuf = np.empty((K, rows_per_block * n_in), bool)
+            has_zero = bool(zeros.any())  # some v is exactly 0 (dead channels)
             if ok.any():
                 for r0, r1, e0, e1, raw, dead_rows in blocks():
-                    vals = means(raw, r0, r1)
+                    L = (r1 - r0) * n_in
+                    vals = vbuf.reshape(-1)[: K * L].reshape(K, L)
+                    np.divide(raw.reshape(K, r1 - r0, n_in), cnt[:, r0:r1, None], out=vals.reshape(K, r1 - r0, n_in))
                     # a count along rows via uint8 sums: twice as fast as count_nonzero(axis=1)
-                    ge = (vals >= vstar[:, None]).view(np.uint8)  # skipped rows: 0 < v*
+                    ge = np.greater_equal(vals, vstar[:, None], out=gbuf[:, :L]).view(np.uint8)  # skipped rows: 0 < v*
                     zcount += np.add.reduce(ge, axis=1, dtype=np.int32)
-                    # fl(v / Σ) as llama; p * log2(p), where 0 * log2(tiny) = -0.0 leaves the chain as it is
-                    pt = np.ascontiguousarray((vals / safe_total[:, None]).T)
-                    ent = _chain(pt * np.log2(np.maximum(pt, _TINY)), ent)
+                    # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix
+                    pk = sbuf.reshape(-1)[: K * L].reshape(K, L)
+                    np.divide(vals, safe_total[:, None], out=pk)
+                    pt = tbuf[:L]
+                    np.copyto(pt, pk.T)
+                    q = sbuf[:L]
+                    new = None
+                    if not (has_zero or dead_rows.any()):  # no p is 0, unless v / Σ underflows
+                        np.log2(pt, out=q)
+                        np.multiply(q, pt, out=q)
+                        new = _chain(q, ent)
+                    if new is None or np.isnan(new).any():
+                        # some p is 0 (0 * log2(0) = NaN), which llama skips: 0 * log2(tiny) = -0.0 leaves
+                        # the chain as it is
+                        np.log2(np.maximum(pt, _TINY, out=q), out=q)
+                        np.multiply(q, pt, out=q)
+                        new = _chain(q, ent)
+                    ent = new
                     d = np.subtract(vals, mean[:, None], out=vals)
                     if need_scale:
                         np.divide(d, scale[:, None], out=d)
