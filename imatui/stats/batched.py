@@ -82,9 +82,30 @@ def _chain(block: np.ndarray, acc: np.ndarray) -> np.ndarray:
         return acc
     block[0] += acc  # fl(acc + x0): the next step of each chain
     if block.shape[1] >= 8:
+        if _EINSUM_IN_ORDER and block.flags.c_contiguous:
+            return np.einsum("ij->j", block)  # 2-3x faster than add.reduce on ~60 columns, same order
         return np.add.reduce(block, axis=0)
     # too few columns to vectorize across: numpy's cumsum follows the chain exactly too
     return np.array([np.cumsum(block[:, k], dtype=F32)[-1] for k in range(block.shape[1])], dtype=F32)
+
+
+def _einsum_in_order() -> bool:
+    """Whether einsum("ij->j") adds row after row in float32, as add.reduce(axis=0) does.
+
+    numpy's einsum does so for a C-ordered matrix of several columns (each column is one chain of
+    `out[j] += a[i, j]`); this build is checked once, on sums whose order shows in the last digit.
+    """
+    rng = np.random.default_rng(1)
+    for cols in (8, 61):
+        a = (rng.random((1031, cols)) ** 3 * 1e3).astype(F32)
+        want = np.cumsum(a, axis=0, dtype=F32)[-1]
+        with np.errstate(all="ignore"):
+            if not np.array_equal(np.einsum("ij->j", a), want):
+                return False
+    return True
+
+
+_EINSUM_IN_ORDER = _einsum_in_order()
 
 
 class _Source:
