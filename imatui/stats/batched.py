@@ -326,7 +326,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
             need_scale = bool(np.any(scale != 1))
             gbuf = np.empty((K, rows_per_block * n_in), bool)
-            has_zero = bool(zeros.any())  # some v is exactly 0 (dead channels)
+            zero_cols = np.flatnonzero(zeros)  # tensors with some v exactly 0 (dead channels)
             if ok.any():
                 for r0, r1, e0, e1, raw, dead_rows in blocks():
                     L = (r1 - r0) * n_in
@@ -338,15 +338,19 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix
                     pk = sbuf.reshape(-1)[: K * L].reshape(K, L)
                     np.divide(vals, safe_total[:, None], out=pk)
+                    # a p of 0 (llama skips it) becomes 1: 1 * log2(1) = +0.0 leaves the chain as it is
+                    # (a chain here is never -0.0: its terms are < 0, or +0.0)
+                    if dead_rows.any():
+                        pk.reshape(K, r1 - r0, n_in)[dead_rows] = 1
+                    for k in zero_cols:
+                        np.copyto(pk[k], F32(1), where=pk[k] == 0)
                     pt = tbuf[:L]
                     np.copyto(pt, pk.T)
                     q = sbuf[:L]
-                    new = None
-                    if not (has_zero or dead_rows.any()):  # no p is 0, unless v / Σ underflows
-                        np.log2(pt, out=q)
-                        np.multiply(q, pt, out=q)
-                        new = _chain(q, ent)
-                    if new is None or np.isnan(new).any():
+                    np.log2(pt, out=q)
+                    np.multiply(q, pt, out=q)
+                    new = _chain(q, ent)
+                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere
                         # some p is 0 (0 * log2(0) = NaN), which llama skips: 0 * log2(tiny) = -0.0 leaves
                         # the chain as it is
                         np.log2(np.maximum(pt, _TINY, out=q), out=q)
@@ -356,7 +360,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     d = np.subtract(vals, mean[:, None], out=vals)
                     if need_scale:
                         np.divide(d, scale[:, None], out=d)
-                    d2 = d * d
+                    d2 = np.multiply(d, d, out=pk)
                     m2 += np.einsum("ij,ij->i", d, d)
                     m3 += np.einsum("ij,ij->i", d2, d)
                     m4 += np.einsum("ij,ij->i", d2, d2)
