@@ -156,17 +156,21 @@ def check_stamp(fd: int, s) -> None:
         raise TruncatedError("the file changed while it was being read (is it being rewritten?)", s.path)
 
 
-def _top_update(top_v: np.ndarray, top_i: np.ndarray, vals: np.ndarray, flat: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest (value, flat index) pairs, ties to the lower index."""
-    v = np.concatenate([top_v, vals])
-    i = np.concatenate([top_i, flat])
-    if v.size > k:
-        kth = np.partition(v, v.size - k)[v.size - k]
-        keep = v >= kth
-        v, i = v[keep], i[keep]
-    order = np.lexsort((i, -v.astype(np.float64)))[:k]
-    return v[order], i[order]
+def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.ndarray, vals: np.ndarray,
+               flat: np.ndarray) -> None:
+    """Merge candidates (tensor `grp`, value, flat index) into the top lists of the tensors `rows`
+    (ascending): each keeps its TOP_CHANNELS largest, ties to the lower index."""
+    width = top_v.shape[1]
+    g = np.concatenate([np.repeat(rows, width), grp])
+    v = np.concatenate([top_v[rows].reshape(-1), vals])
+    i = np.concatenate([top_i[rows].reshape(-1), flat])
+    order = np.lexsort((i, -v.astype(np.float64), g))
+    g, v, i = g[order], v[order], i[order]
+    start = np.searchsorted(g, rows)  # where each tensor's run begins (every run has >= width entries)
+    rank = np.arange(g.size) - start[np.searchsorted(rows, g)]
+    keep = rank < width
+    top_v[rows] = v[keep].reshape(-1, width)
+    top_i[rows] = i[keep].reshape(-1, width)
 
 
 def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None) -> list[TensorResult]:
@@ -192,10 +196,12 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     vmax = np.full(K, -np.inf, F32)
     inactive = np.zeros(K, np.int64)
     zeros = np.zeros(K, np.int64)
-    top = [(np.empty(0, F32), np.empty(0, np.int64)) for _ in range(K)]
-    kk = [min(TOP_CHANNELS, int(x)) for x in n_live]
+    # each tensor's largest values so far, best first (ties: the lower index), padded with -inf
+    top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
+    top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
+    kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
     # the value to beat to enter a tensor's top list (+inf: no list wanted)
-    top_thr = np.where(real & (np.array(kk) > 0), -np.inf, np.inf).astype(F32)
+    top_thr = np.where(real & (kk > 0), -np.inf, np.inf).astype(F32)
     buf = np.empty((K, rows_per_block * n_in), F32)
     # scratch of the (element, tensor) passes, reused block after block
     tbuf = np.empty((rows_per_block * n_in, K), F32)
@@ -242,21 +248,32 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 bmin = np.where(dead_rows, np.inf, r3.min(axis=2) / c).min(axis=1)
                 vmax = np.maximum(vmax, bmax)
                 vmin = np.minimum(vmin, bmin)
-                nd = dead_rows.sum(axis=1) * n_in
-                for k in np.flatnonzero(bmin <= ACTIVE_THRESHOLD):  # most blocks have none
-                    vk = (r3[k] / c[k][:, None])[~dead_rows[k]]
-                    inactive[k] += np.count_nonzero(vk <= ACTIVE_THRESHOLD)
-                    zeros[k] += np.count_nonzero(vk == 0)
-                for k in np.flatnonzero(bmax > top_thr):  # only blocks that can enter the top list
-                    tv, ti = top[k]
-                    vk = (r3[k] / c[k][:, None]).reshape(-1)
-                    cand = np.flatnonzero(vk > top_thr[k])
-                    if nd[k] and cand.size:
-                        cand = cand[~dead_rows[k][cand // n_in]]
-                    if cand.size:
-                        tv, ti = top[k] = _top_update(tv, ti, vk[cand], cand + e0, kk[k])
-                        if tv.size == kk[k]:
-                            top_thr[k] = tv[-1]
+                hit = np.flatnonzero(bmin <= ACTIVE_THRESHOLD)  # only tensors with some v <= 1e-5 here
+                if hit.size:
+                    vk = r3[hit] / c[hit][:, :, None]
+                    dh = dead_rows[hit]
+                    if dh.any():
+                        vk[dh] = np.inf  # rows llama skips: neither inactive nor zero
+                    flat = vk.reshape(hit.size, -1)
+                    inactive[hit] += np.add.reduce((flat <= ACTIVE_THRESHOLD).view(np.uint8), axis=1, dtype=np.int32)
+                    z = bmin[hit] == 0
+                    if z.any():
+                        zeros[hit[z]] += np.add.reduce((flat[z] == 0).view(np.uint8), axis=1, dtype=np.int32)
+                hit = np.flatnonzero(bmax > top_thr)  # only tensors whose top list this block can enter
+                if hit.size:
+                    vk = r3[hit] / c[hit][:, :, None]
+                    dh = dead_rows[hit]
+                    if dh.any():
+                        vk[dh] = -np.inf
+                    flat = vk.reshape(hit.size, -1)
+                    beat = top_thr[hit]
+                    if np.any(beat == -np.inf) and flat.shape[1] > TOP_CHANNELS:
+                        # lists not yet full (the first blocks): only this block's 8 largest can enter
+                        kth = np.partition(flat, flat.shape[1] - TOP_CHANNELS, axis=1)[:, flat.shape[1] - TOP_CHANNELS]
+                        beat = np.maximum(beat, np.nextafter(kth, F32(-np.inf), dtype=F32))  # v >= kth
+                    gi, gj = np.nonzero(flat > beat[:, None])
+                    _top_merge(top_v, top_i, hit, hit[gi], flat[gi, gj], gj + e0)
+                    top_thr[hit] = top_v[hit, kk[hit] - 1]
                 # the float32 chains, on (element, tensor) matrices
                 L = m * n_in
                 rt = tbuf[:L]
@@ -406,7 +423,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             r.skewness = float(c3 / c2**1.5)
             r.kurtosis = float(c4 / (c2 * c2) - 3.0)
         r.dead = int(zeros[k])
-        tv, ti = top[k]
+        tv, ti = top_v[k, : kk[k]], top_i[k, : kk[k]]
         r.top_channels = [int(i) for i in ti]
         r.top_values = [float(v) for v in tv]
         out.append(r)
