@@ -271,7 +271,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         # lists not yet full (the first blocks): only this block's 8 largest can enter
                         kth = np.partition(flat, flat.shape[1] - TOP_CHANNELS, axis=1)[:, flat.shape[1] - TOP_CHANNELS]
                         beat = np.maximum(beat, np.nextafter(kth, F32(-np.inf), dtype=F32))  # v >= kth
-                    gi, gj = np.nonzero(flat > beat[:, None])
+                    gi, gj = np.divmod(np.flatnonzero(flat > beat[:, None]), flat.shape[1])  # 2-D nonzero is ~10x slower
                     _top_merge(top_v, top_i, hit, hit[gi], flat[gi, gj], gj + e0)
                     top_thr[hit] = top_v[hit, kk[hit] - 1]
                 # the float32 chains, on (element, tensor) matrices
