@@ -156,6 +156,16 @@ def check_stamp(fd: int, s) -> None:
         raise TruncatedError("the file changed while it was being read (is it being rewritten?)", s.path)
 
 
+def _scratch(cache: dict, name: str, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A C-ordered array from `cache` (one thread's), kept for its next batch: no fresh pages to fault in."""
+    n = shape[0] * shape[1]
+    key = (name, np.dtype(dtype).str)
+    arr = cache.get(key)
+    if arr is None or arr.size < n:
+        arr = cache[key] = np.empty(max(n, 1), dtype)
+    return arr[:n].reshape(shape)
+
+
 def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.ndarray, vals: np.ndarray,
                flat: np.ndarray) -> None:
     """Merge candidates (tensor `grp`, value, flat index) into the top lists of the tensors `rows`
@@ -173,8 +183,14 @@ def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.n
     top_i[rows] = i[keep].reshape(-1, width)
 
 
-def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None) -> list[TensorResult]:
-    """Statistics of the batch's non-helper columns (all of one shape), in column order."""
+def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None,
+              scratch: dict | None = None) -> list[TensorResult]:
+    """Statistics of the batch's non-helper columns (all of one shape), in column order.
+
+    `scratch`: block buffers kept from an earlier batch of the same thread (filled in here).
+    """
+    if scratch is None:
+        scratch = {}
     n_mat, n_in = cols[0].entry.shape
     n = n_mat * n_in
     K = len(cols)
@@ -202,11 +218,11 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
     # the value to beat to enter a tensor's top list (+inf: no list wanted)
     top_thr = np.where(real & (kk > 0), -np.inf, np.inf).astype(F32)
-    buf = np.empty((K, rows_per_block * n_in), F32)
-    # scratch of the (element, tensor) passes, reused block after block
-    tbuf = np.empty((rows_per_block * n_in, K), F32)
-    vbuf = np.empty_like(tbuf)
-    sbuf = np.empty_like(tbuf)
+    buf = _scratch(scratch, "raw", (K, rows_per_block * n_in), F32)
+    # scratch of the (element, tensor) passes, reused block after block (and batch after batch)
+    tbuf = _scratch(scratch, "t", (rows_per_block * n_in, K), F32)
+    vbuf = _scratch(scratch, "v", (rows_per_block * n_in, K), F32)
+    sbuf = _scratch(scratch, "s", (rows_per_block * n_in, K), F32)
     tile = next(t for t in (16, 8, 4, 2, 1) if n_in % t == 0)
     fds: dict[str, int] = {}
     full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
@@ -342,7 +358,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             big = np.maximum(np.abs(vmax.astype(np.float64)), np.abs(vmin.astype(np.float64)))
             scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
             need_scale = bool(np.any(scale != 1))
-            gbuf = np.empty((K, rows_per_block * n_in), bool)
+            gbuf = _scratch(scratch, "g", (K, rows_per_block * n_in), np.bool_)
             zero_cols = np.flatnonzero(zeros)  # tensors with some v exactly 0 (dead channels)
             if ok.any():
                 for r0, r1, e0, e1, raw, dead_rows in blocks():
@@ -517,8 +533,10 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
     def is_cancelled() -> bool:
         return stop.is_set() or (cancelled is not None and cancelled())
 
+    scratch: dict[int, dict] = {}  # per thread
+
     def work(cols: list[Column]) -> list[TensorResult]:
-        res = run_batch(cols, path, is_cancelled)
+        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}))
         if progress is not None:
             with lock:
                 progress(len(res))
