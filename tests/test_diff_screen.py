@@ -383,3 +383,39 @@ async def test_imatui_diff_opens_the_screen_in_the_app():
         await pilot.press("escape")
         await _until(pilot, lambda: not isinstance(app.screen, DiffScreen))
         assert app.is_running
+
+
+async def test_shape_mismatch_with_one_side_all_zero_counts(tmp_path):
+    """A tensor whose shape differs and whose counts are all 0 in A: A has no data to draw. The plot
+    says so instead of dying in render (min() of an empty series)."""
+    import numpy as np
+
+    from imatui.imatrix import Entry, Imatrix
+    from imatui.stats.diff import channel_pair
+
+    paths = []
+    for side, width, count in (("a", 12, 0.0), ("b", 8, 10.0)):
+        sums2 = np.zeros((1, width), np.float32) if count == 0 else np.arange(1, width + 1, dtype=np.float32)[None]
+        name = "blk.0.attn_q.weight"
+        im = Imatrix(entries={name: Entry.from_arrays(name, sums2, [count])}, datasets=[f"{side}.txt"],
+                     chunk_count=2, chunk_size=512)
+        paths.append(str(save(im, tmp_path / f"zero-{side}.imatrix.gguf")))
+    pair = channel_pair(load(paths[0]), load(paths[1]), "blk.0.attn_q.weight")
+    assert pair.a is None and pair.b.tolist() == [float(i) / 10 for i in range(1, 9)]
+    app = _Host(*paths)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        assert _cell(_table(screen), "blk.0.attn_q.weight", "note") == "shape mismatch: 1x12 in A, 1x8 in B"
+        plot = screen.query_one(OverlayPlot)
+        assert plot.pair.name == "blk.0.attn_q.weight"
+        assert "no data in A" in plot.render().plain
+        await pilot.press("v", "v")
+        await pilot.pause()
+        assert plot.mode == 2 and "no data in A" in plot.render().plain
+        assert app.is_running and app.screen is screen
+    # the plot itself guards empty series too (a pair built elsewhere)
+    plot = OverlayPlot()
+    plot.pair = type(pair)("t", np.zeros(0), np.arange(1.0, 9.0), 8, [])
+    assert "no data in A" in plot.build(80, 20)
+    plot.pair = type(pair)("t", np.arange(1.0, 9.0), np.zeros(0), 8, [])
+    assert "no data in B" in plot.build(80, 20)

@@ -293,9 +293,12 @@ def channel_pair(a: Imatrix, b: Imatrix, name: str) -> ChannelPair:
     """The two per-channel vectors compared for one tensor (for plots): experts live in both files."""
     ea, eb = a.entries.get(name), b.entries.get(name)
     n_in = (ea or eb).n_in if (ea or eb) is not None else 0
-    if ea is None or eb is None or ea.shape != eb.shape:
-        va = None if ea is None else mean_importance(ea)
-        vb = None if eb is None else mean_importance(eb)
+    has_a = ea is not None and bool((np.asarray(ea.counts) > 0).any())
+    has_b = eb is not None and bool((np.asarray(eb.counts) > 0).any())
+    if not (has_a and has_b) or ea.shape != eb.shape:
+        # each side on its own channels; None for a side with no data (missing, or every count 0)
+        va = mean_importance(ea) if has_a else None
+        vb = mean_importance(eb) if has_b else None
         return ChannelPair(name, va, vb, n_in, [])
     live = (np.asarray(ea.counts) > 0) & (np.asarray(eb.counts) > 0)
     if not live.any():

@@ -212,14 +212,18 @@ class OverlayPlot(Widget):
         pair = self.pair
         self.draws += 1
         n = max(8, (width - 10) * POINTS_PER_COLUMN)
-        if pair.a is None or pair.b is None:
-            side = pair.a if pair.a is not None else pair.b
+        # a side without values (missing, or every count 0) is not drawn: min() of it would raise
+        va = pair.a if pair.a is not None and len(pair.a) else None
+        vb = pair.b if pair.b is not None and len(pair.b) else None
+        if va is None or vb is None:
+            side = va if va is not None else vb
             if side is None:
-                fig.title("no channels to compare")
+                fig.title(f"no data in {self.labels[0]} or {self.labels[1]}")
                 return fig.build().string()
             xs, ys = _bucket(side, n)
-            self._series(fig, xs, ys, self.labels[0] if pair.a is not None else self.labels[1])
-            fig.title("only one side can be drawn")
+            shown, empty = (0, 1) if va is not None else (1, 0)
+            self._series(fig, xs, ys, self.labels[shown])
+            self._title(fig, f"no data in {self.labels[empty]}: only {self.labels[shown]} drawn", width)
             return fig.build().string()
         self._ticks(fig, max(len(pair.a), len(pair.b)), width)
         experts = f" · {len(pair.experts)} experts × {pair.n_in}" if len(pair.experts) > 1 else ""
