@@ -253,3 +253,29 @@ def test_cli_bad_input_is_one_line_exit_2(fixtures, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["diff", str(fixtures / PROSE), str(fixtures / PROSE), "--format", "csv", "--sort", "nope"]) == 2
     assert "unknown sort column" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, words", [(np.nan, "1 non-finite values (NaN or Inf)"),
+                                        (-3.0, "negative sums of squares (min -1.5)")])
+def test_bad_values_in_a_tensor_only_in_one_file_are_an_error(fixtures, tmp_path, capsys, bad, words):
+    """A NaN or negative Σ in a tensor that only A has is not a number in the report (a NaN would
+    also break the rank sort): CorruptError naming the tensor, the same line `imatui stats` prints."""
+    name = "blk.99.attn_q.weight"
+    sums2 = np.full((1, 8), 4.0, dtype=np.float32)
+    sums2[0, 3] = bad
+
+    def add(entries):
+        entries[name] = Entry.from_arrays(name, sums2, [2.0])
+
+    a = _derived(fixtures, tmp_path, add)
+    b = load(fixtures / PROSE)
+    for x, y in ((a, b), (b, a)):
+        with pytest.raises(ImatrixError) as exc:
+            compute_diff(x, y)
+        assert str(exc.value) == f"{a.path}: tensor {name} has {words}"
+    assert main(["stats", str(a.path)]) == 2
+    stats_err = capsys.readouterr().err
+    assert main(["diff", str(a.path), str(fixtures / PROSE), "--format", "csv"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == stats_err and err.count("\n") == 1
+    assert err == f"imatui: {a.path}: tensor {name} has {words}\n"

@@ -146,15 +146,32 @@ def mean_importance(entry: Entry, live: np.ndarray | None = None) -> np.ndarray:
     return (rows.astype(np.float64) / counts[live][:, None]).reshape(-1)
 
 
-def _llama_sum(entry: Entry, sums2: np.ndarray) -> float | None:
-    """Σ(Act²) as llama-imatrix computes it: sum of sums2/counts over the live matrices (float32)."""
+def _llama_sum(entry: Entry, sums2: np.ndarray, path: str | None = None) -> float | None:
+    """Σ(Act²) as llama-imatrix computes it: sum of sums2/counts over the live matrices (float32).
+
+    Checks the values as `imatui stats` does (same messages): NaN or Inf anywhere (unused experts
+    included), negative values in the live matrices, a Σ that overflows float32; CorruptError names
+    the tensor. Without this a tensor present in one file only would report NaN as its Σ, and a NaN
+    breaks the rank sort of every tensor."""
+    name = entry.name
+    # a float64 sum of float32 values cannot overflow: it is non-finite only for NaN or Inf
+    if not math.isfinite(float(np.sum(sums2, dtype=np.float64))):
+        bad = int(np.count_nonzero(~np.isfinite(sums2)))
+        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
     counts = np.asarray(entry.counts, dtype=np.float64)
     live = counts > 0
     if not live.any():
         return None
     rows = sums2 if live.all() else sums2[live]  # no gather copy when every matrix is live
     vals = np.asarray(rows, dtype=np.float32) / counts[live].astype(np.float32)[:, None]
-    return float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
+    vmin = np.float32(vals.min())
+    if vmin < 0:
+        raise CorruptError(f"tensor {name} has negative sums of squares (min {float(vmin):g})", path)
+    total = float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
+    if not math.isfinite(total):
+        raise CorruptError(f"tensor {name} has values too large for float32 statistics "
+                           f"(max {float(vals.max()):g}: their sums overflow to Inf)", path)
+    return total
 
 
 _TINY = np.finfo(np.float64).tiny
@@ -247,9 +264,9 @@ def _row(name: str, ea: Entry | None, eb: Entry | None, pa: str | None, pb: str 
     sa = None if ea is None else np.asarray(ea.sums2)
     sb = None if eb is None else np.asarray(eb.sums2)
     if ea is not None:
-        row.sum_a = _llama_sum(ea, sa)
+        row.sum_a = _llama_sum(ea, sa, pa)
     if eb is not None:
-        row.sum_b = _llama_sum(eb, sb)
+        row.sum_b = _llama_sum(eb, sb, pb)
     if row.sum_a is not None and row.sum_b is not None and row.sum_a != 0:
         row.sum_ratio = row.sum_b / row.sum_a
     if ea is None:
