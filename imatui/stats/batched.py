@@ -260,35 +260,33 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 c = cnt[:, r0:r1]  # (K, rows): one count per row, inf for a row llama skips
                 r3 = raw.reshape(K, m, n_in)
                 # v = fl(raw / c) is monotone in raw: min and max of a row come from the raw ones
-                bmax = (r3.max(axis=2) / c).max(axis=1)
-                bmin = np.where(dead_rows, np.inf, r3.min(axis=2) / c).min(axis=1)
+                rmax = r3.max(axis=2) / c  # (K, rows): each row's largest v (v is monotone in raw)
+                rmin = np.where(dead_rows, np.inf, r3.min(axis=2) / c)
+                bmax = rmax.max(axis=1)
+                bmin = rmin.min(axis=1)
                 vmax = np.maximum(vmax, bmax)
                 vmin = np.minimum(vmin, bmin)
-                hit = np.flatnonzero(bmin <= ACTIVE_THRESHOLD)  # only tensors with some v <= 1e-5 here
-                if hit.size:
-                    vk = r3[hit] / c[hit][:, :, None]
-                    dh = dead_rows[hit]
-                    if dh.any():
-                        vk[dh] = np.inf  # rows llama skips: neither inactive nor zero
-                    flat = vk.reshape(hit.size, -1)
-                    inactive[hit] += np.add.reduce((flat <= ACTIVE_THRESHOLD).view(np.uint8), axis=1, dtype=np.int32)
-                    z = bmin[hit] == 0
+                # only the rows (tensor, row) with some v <= 1e-5 (rows llama skips have rmin = inf)
+                ks, rs = np.divmod(np.flatnonzero(rmin <= ACTIVE_THRESHOLD), m)
+                if ks.size:
+                    vk = r3[ks, rs] / c[ks, rs][:, None]
+                    np.add.at(inactive, ks, np.add.reduce((vk <= ACTIVE_THRESHOLD).view(np.uint8), axis=1,
+                                                          dtype=np.int32))
+                    z = rmin[ks, rs] == 0
                     if z.any():
-                        zeros[hit[z]] += np.add.reduce((flat[z] == 0).view(np.uint8), axis=1, dtype=np.int32)
-                hit = np.flatnonzero(bmax > top_thr)  # only tensors whose top list this block can enter
-                if hit.size:
-                    vk = r3[hit] / c[hit][:, :, None]
-                    dh = dead_rows[hit]
-                    if dh.any():
-                        vk[dh] = -np.inf
-                    flat = vk.reshape(hit.size, -1)
-                    beat = top_thr[hit]
-                    if np.any(beat == -np.inf) and flat.shape[1] > TOP_CHANNELS:
-                        # lists not yet full (the first blocks): only this block's 8 largest can enter
-                        kth = np.partition(flat, flat.shape[1] - TOP_CHANNELS, axis=1)[:, flat.shape[1] - TOP_CHANNELS]
+                        np.add.at(zeros, ks[z], np.add.reduce((vk[z] == 0).view(np.uint8), axis=1, dtype=np.int32))
+                # only the rows whose largest v can enter their tensor's top list
+                ks, rs = np.divmod(np.flatnonzero((rmax > top_thr[:, None]) & ~dead_rows), m)
+                if ks.size:
+                    vk = r3[ks, rs] / c[ks, rs][:, None]
+                    beat = top_thr[ks]
+                    if np.any(beat == -np.inf) and n_in > TOP_CHANNELS:
+                        # lists not yet full (the first blocks): only a row's 8 largest can enter
+                        kth = np.partition(vk, n_in - TOP_CHANNELS, axis=1)[:, n_in - TOP_CHANNELS]
                         beat = np.maximum(beat, np.nextafter(kth, F32(-np.inf), dtype=F32))  # v >= kth
-                    gi, gj = np.divmod(np.flatnonzero(flat > beat[:, None]), flat.shape[1])  # 2-D nonzero is ~10x slower
-                    _top_merge(top_v, top_i, hit, hit[gi], flat[gi, gj], gj + e0)
+                    gi, gj = np.divmod(np.flatnonzero(vk > beat[:, None]), n_in)  # 2-D nonzero is ~10x slower
+                    hit = np.unique(ks)
+                    _top_merge(top_v, top_i, hit, ks[gi], vk[gi, gj], (r0 + rs[gi]) * n_in + gj)
                     top_thr[hit] = top_v[hit, kk[hit] - 1]
                 # the float32 chains, on (element, tensor) matrices
                 L = m * n_in
