@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -192,13 +193,42 @@ async def test_an_empty_file_is_writing_not_an_error(tmp_path):
     assert events == [Writing(path)]
 
 
+async def test_a_damaged_complete_gguf_fails_once_it_settles(tmp_path):
+    # gguf-py's parse of this fails the way a short file does (TruncatedError): still not "writing…"
+    # forever once the file stops changing
+    path = tmp_path / "damaged.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + b"\xff" * 200)
+    assert try_load(path).kind == "truncated"
+    events: list = []
+
+    async def run() -> None:
+        async for event in follow(path, settle_s=0.3):
+            events.append(event)
+            if isinstance(event, Failed):
+                return
+
+    started = time.monotonic()
+    await asyncio.wait_for(run(), 10)
+    assert time.monotonic() - started >= 0.3
+    assert [type(e) for e in events] == [Writing, Failed]
+    assert events[-1].message.startswith(f"{path}: the GGUF file is truncated or damaged")
+    # a damaged file whose mtime is already older than settle_s: Failed at the first look
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    events.clear()
+    await asyncio.wait_for(run(), 10)
+    assert [type(e) for e in events] == [Failed]
+
+
 def test_try_load_outcomes(tmp_path):
     path = tmp_path / "x.gguf"
     assert try_load(path).kind == "missing"
     data = SNAPSHOTS[30].read_bytes()
-    for cut in (3, 24, 4096, len(data) // 2, len(data) - 64):
+    path.write_bytes(data[:3])
+    assert try_load(path).kind == "writing"
+    for cut in (24, 4096, len(data) // 2, len(data) - 64):
         path.write_bytes(data[:cut])
-        assert try_load(path).kind == "writing", cut
+        assert try_load(path).kind == "truncated", cut
     path.write_bytes(b"\0" * 64)  # complete but not an imatrix
     assert try_load(path).kind == "invalid"
     path.write_bytes(data)

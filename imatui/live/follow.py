@@ -12,7 +12,10 @@ How a write is recognised:
   half-written file. Such a file is never yielded and never an error: the bytes are read once,
   checked against the file's size and mtime before and after, and parsed eagerly from that private
   copy; a short read, a moved stamp or a TruncatedError means `Writing`, and the file is tried again
-  on its next change (or after a short back-off, only while it keeps changing). Parsing a private
+  on its next change (or after a short back-off, only while it keeps changing). A TruncatedError
+  is also what a damaged but complete GGUF gives (gguf-py cannot tell the two apart), so one whose
+  stamp stays put for `settle_s` (or whose mtime is already that old) is `Failed`, as any other
+  file that does not parse. Parsing a private
   copy also keeps gguf-py's memory map away from a file that a writer may truncate under it (a
   SIGBUS, not an exception). Files above COPY_LIMIT are parsed in place and read lazily (every
   tensor read checks the stamp); there a truncation during the header parse itself remains a risk.
@@ -149,7 +152,9 @@ def try_load(path: str | Path, chunk_size: int = 512, *, copy_limit: int = COPY_
              load: Callable[..., Imatrix] | None = None) -> _Outcome:
     """One attempt to read a complete version of `path` (blocking; run it in a thread).
 
-    kind is "loaded", "writing" (empty, short or changed while read), "missing" or "invalid".
+    kind is "loaded" ("lazy" above copy_limit), "writing" (empty, or changed while read),
+    "truncated" (ends early or is damaged: a writer still at it, or a broken file once its stamp
+    stops moving), "missing" or "invalid".
     """
     if load is None:
         from imatui.formats import load as load_file
@@ -180,12 +185,12 @@ def try_load(path: str | Path, chunk_size: int = 512, *, copy_limit: int = COPY_
         return _Outcome("missing")
     except NotFoundError:
         return _Outcome("missing")
-    except TruncatedError:
-        return _Outcome("writing", stamp=stamp)
+    except TruncatedError as exc:
+        return _Outcome("truncated", stamp=stamp, mtime=st.st_mtime, message=str(exc))
     except ImatrixError as exc:
         if isinstance(exc, FormatError) and "empty" in exc.reason:
             return _Outcome("writing", stamp=stamp)
-        return _Outcome("invalid", stamp=stamp, message=str(exc))
+        return _Outcome("invalid", stamp=stamp, mtime=st.st_mtime, message=str(exc))
     try:
         now = _stamp(os.stat(path))
     except FileNotFoundError:
@@ -303,11 +308,12 @@ async def follow(
                     if state != "writing":
                         state = "writing"
                         yield Writing(path)
-                else:  # does not parse: a writer still at it, or a broken file once it stops changing
+                else:  # truncated or does not parse: a writer still at it, or a broken file once
+                    # its stamp stops moving (for settle_s here, or its mtime is that old already)
                     now = time.monotonic()
                     if invalid_since is None or invalid_since[0] != outcome.stamp:
                         invalid_since = (outcome.stamp, now)
-                    waited = now - invalid_since[1]
+                    waited = max(now - invalid_since[1], time.time() - outcome.mtime if outcome.mtime else 0.0)
                     if waited >= settle_s:
                         retry_index = None
                         if state != "failed":
