@@ -419,3 +419,29 @@ async def test_shape_mismatch_with_one_side_all_zero_counts(tmp_path):
     assert "no data in A" in plot.build(80, 20)
     plot.pair = type(pair)("t", np.arange(1.0, 9.0), np.zeros(0), 8, [])
     assert "no data in B" in plot.build(80, 20)
+
+
+async def test_file_rewritten_under_the_lazy_reader_is_said_in_the_detail_pane(tmp_path):
+    """B is rewritten after the diff was computed: reading the next tensor's channels finds the file
+    changed (TruncatedError). The detail pane says so; no red error, the app keeps running."""
+    import numpy as np
+
+    from imatui.imatrix import Entry, Imatrix
+
+    a, b = _moe_files(tmp_path)
+    app = _Host(a, b)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _ready(pilot)
+        assert screen.selected == "blk.0.ffn_down_exps.weight"
+        name = "blk.0.attn_q.weight"
+        bigger = Imatrix(entries={name: Entry.from_arrays(name, np.ones((1, 64), np.float32), [3.0])},
+                         datasets=["b2.txt"], chunk_count=3, chunk_size=512)
+        save(bigger, b, force=True)  # another size: the lazy reader's stamp no longer matches
+        await pilot.press("down")
+        title = screen.query_one("#diff-detail-title", Static)
+        await _until(pilot, lambda: "being rewritten" in str(title.render()))
+        text = str(title.render())
+        assert text.startswith(name) and "file is being rewritten…" in text
+        assert screen.error is None
+        assert not any(n.severity == "error" for n in app._notifications)
+        assert app.is_running and app.screen is screen

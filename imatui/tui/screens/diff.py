@@ -30,7 +30,7 @@ from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
-from imatui.errors import ImatrixError
+from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
 from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
@@ -61,6 +61,11 @@ class DiffProgress(Message):
 @dataclass
 class DiffFailed(Message):
     message: str  # the ImatrixError's one line, "PATH: problem"
+
+
+@dataclass
+class DiffRewritten(Message):
+    name: str  # the tensor whose channels could not be read: its file changed under the lazy reader
 
 
 @dataclass
@@ -545,6 +550,12 @@ class DiffScreen(Screen):
     def _read_channels(self, name: str) -> None:
         try:
             pair = channel_pair(self.a, self.b, name)
+        except TruncatedError:
+            # the file changed size or mtime since the diff was computed: being rewritten (a
+            # collector's checkpoint), not damaged; the detail pane says so, no red error
+            if not get_current_worker().is_cancelled:
+                self.post_message(DiffRewritten(name))
+            return
         except ImatrixError as exc:
             self.post_message(DiffFailed(str(exc)))
             return
@@ -588,6 +599,16 @@ class DiffScreen(Screen):
         name = self._cursor_name()
         if name is not None:
             self._select(name)  # a new report (after a swap): same tensor, new numbers
+
+    @on(DiffRewritten)
+    def _on_rewritten(self, message: DiffRewritten) -> None:
+        if message.name != self.selected:
+            return
+        title = self.query_one("#diff-detail-title", Static)
+        text = Text.assemble((message.name, "bold"), "  ",
+                             ("file is being rewritten…", "italic yellow"))
+        title.update(text)
+        self.query_one(OverlayPlot).show(None, self.mode, ("A", "B"))
 
     @on(DiffChannels)
     def _on_channels(self, message: DiffChannels) -> None:
