@@ -122,3 +122,65 @@ async def test_snapshot_files_on_the_command_line_show_their_convergence():
         assert not isinstance(app.screen, ConvergenceScreen)
         assert app.tensor_table.selected_key == "blk.27.ffn_down.weight"
         assert app.load_errors == []
+
+
+@pytest.mark.parametrize("cut", [0, 2], ids=["empty", "half"])
+async def test_a_half_written_file_at_open_is_writing_then_picked_up(tmp_path, cut):
+    """llama-imatrix has just truncated the file (or written half of it) when `imatui FILE` opens it:
+    no error, "writing…", and the complete file is shown when it lands."""
+    path = tmp_path / "run.imatrix.gguf"
+    data = SNAPSHOTS[20].read_bytes()
+    path.write_bytes(data[: len(data) // cut] if cut else b"")
+    app = make_app([str(path)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await _wait(pilot, lambda: app.watcher.status == "writing…")
+        await pilot.pause()
+        assert "● writing…" in header(app)
+        assert "run.imatrix.gguf is being written…" in str(app.main_screen.query_one("#placeholder").render())
+        assert app.report is None and app.load_errors == []
+        path.write_bytes(data)
+        await _wait(pilot, lambda: app.report is not None and app.report.chunk_count == 20)
+        await pilot.pause()
+        assert "20 × 512" in header(app) and "● live" in header(app)
+        assert app.tensor_table.get_cell(TENSOR, "sum").plain.strip() == f"{EXPECTED[20].tensor(TENSOR).sum:.2f}"
+        assert app.load_errors == []
+        assert not [x for x in app._notifications if x.severity == "error"]
+
+
+async def test_channels_of_a_large_file_being_rewritten_are_not_an_error(tmp_path):
+    """A file above the follower's COPY_LIMIT is read lazily: while its collector rewrites it, a
+    cursor move cannot read the channels. That is said in the detail pane, not as an error."""
+    from imatui.tui.messages import ChannelsUnavailable
+    from imatui.tui.widgets.channel_plot import DetailPane
+
+    path = tmp_path / "big.imatrix.gguf"
+    path.write_bytes(SNAPSHOTS[30].read_bytes())
+    messages: list = []
+    app = make_app([str(path)])
+    async with app.run_test(size=(120, 36), message_hook=messages.append) as pilot:
+        await app.wait_for_data()
+        await _wait(pilot, lambda: app.watcher.status == "idle")
+        app.workers.cancel_group(app, "watch")  # no reload in the middle of this test
+        app.imatrix = load(path)  # lazy, as the app holds a file above COPY_LIMIT
+        top = app.main_screen.query_one("#detail-top")
+        await pilot.press("down")
+        await app.wait_for_data()
+        await pilot.pause()
+        assert str(top.render()).startswith("top channels")
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the writer has been here
+        await pilot.press("down")
+        await app.wait_for_data()
+        await pilot.pause()
+        assert [m.name for m in messages if isinstance(m, ChannelsUnavailable)] == [app.selected_name]
+        assert str(top.render()) == "file is being rewritten…"
+        assert app.main_screen.query_one(DetailPane).query_one("#detail-title").render().plain.startswith(
+            app.selected_name)
+        assert app.load_errors == [] and not [m for m in messages if isinstance(m, LoadFailed)]
+        assert not [x for x in app._notifications if x.severity == "error"]
+        # the reload (here the app's own; the watcher's goes the same way) selects the tensor again
+        app.open_path(str(path))
+        await app.wait_for_data()
+        await pilot.pause()
+        assert str(top.render()).startswith("top channels")

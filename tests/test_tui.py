@@ -6,6 +6,8 @@ llama-imatrix printed for the same file), so a wrong column or a stale reload fa
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,9 +318,14 @@ async def test_screenshot_key_writes_svg(tmp_path, monkeypatch):
 async def test_bad_file_is_a_notification_and_app_keeps_running(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(PROSE.read_bytes()[:5000])
+    # written long ago, so not a file being written: the watcher reports it at its first look
+    # (a fresh one is "writing…" until it has not changed for SETTLE_S: test_live_app.py)
+    old = time.time() - 60
+    os.utime(bad, (old, old))
     app = make_app([str(bad)])
     async with app.run_test(size=SIZE) as pilot:
         await app.wait_for_data()
+        await _until(pilot, lambda: app.load_errors)
         await pilot.pause()
         assert len(app.load_errors) == 1 and str(bad) in app.load_errors[0]
         assert any(n.severity == "error" for n in app._notifications)
@@ -331,10 +338,33 @@ async def test_bad_file_is_a_notification_and_app_keeps_running(tmp_path):
         # a bad file opened over a good one: the good one stays, and the header still names it
         app.open_path(str(bad))
         await app.wait_for_data()
+        await _until(pilot, lambda: len(app.load_errors) == 2)
         await pilot.pause()
         assert len(app.load_errors) == 2
         assert app.current_path == str(PROSE) and "smollm2-prose.imatrix.gguf" in _info(app)
         assert "broken.gguf" not in _info(app) and app.tensor_table.row_count == 210
+
+
+async def _until(pilot, condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")
+
+
+async def test_header_tick_after_shutdown_is_harmless():
+    """The watcher's 1-second header timer ticking once Textual has cleared the screen stack."""
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        await _until(pilot, lambda: app.watcher.status == "idle")
+        assert app.watcher._timer is not None
+    assert app.screen_stack == [] and app.watcher.status == "idle"
+    app.watcher._refresh_header()  # raised IndexError (screen_stack[0]) before
+    app.watcher._set_status("writing…")
+    app.set_live_status("live")
+    assert app.watcher._timer is None  # stopped on unmount
 
 
 async def test_missing_file_waits(tmp_path):

@@ -14,6 +14,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import Static
 
 from conftest import FIXTURES
+from imatui.formats import load
 from imatui.tui.messages import DataLoaded, LoadFailed
 from imatui.tui.screens.convergence import ConvergenceScreen
 from imatui.tui.watcher import DELETED, LIVE, LiveWatcher
@@ -123,3 +124,47 @@ async def test_convergence_screen_from_snapshots_grows_when_one_lands(tmp_path):
         await pilot.press("escape")
         assert not isinstance(app.screen, ConvergenceScreen)
     assert app.failures == []
+
+
+async def test_a_snapshot_still_loading_when_another_file_is_opened_stays_out_of_its_series(tmp_path):
+    path = tmp_path / "a.imatrix.gguf"
+    path.write_bytes(SNAPSHOTS[30].read_bytes())
+    other = tmp_path / "b" / "b.imatrix.gguf"
+    other.parent.mkdir()
+    other.write_bytes(SNAPSHOTS[40].read_bytes())
+    app = Host(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _wait(pilot, lambda: app.watcher.status == LIVE and len(app.watcher.series) == 1)
+        snap = tmp_path / "a.imatrix.gguf.at_10"
+        snap.write_bytes(b"")  # llama-imatrix has only just created it: the snapshot worker retries
+        await _wait(pilot, lambda: snap in app.watcher.snapshots)
+        app.watcher.follow(str(other))  # the user opens another file meanwhile
+        snap.write_bytes(SNAPSHOTS[10].read_bytes())
+        await _wait(pilot, lambda: [r.chunk_count for r in app.reports] == [30, 40])
+        await pilot.pause(1.5)  # the snapshot worker's retries at 0.2 and 0.5 s have found it
+        assert [c.chunk_count for c in app.watcher.series.checkpoints] == [40]
+    assert app.failures == []
+
+
+async def test_the_statistics_pass_stops_when_another_file_is_opened(tmp_path, monkeypatch):
+    import imatui.stats.tensor as tensor
+
+    real = tensor.compute_stats
+    passes: list = []
+
+    def compute_stats(imatrix, progress=None, cancelled=None):
+        passes.append(cancelled)
+        return real(imatrix, progress=progress, cancelled=cancelled)
+
+    monkeypatch.setattr(tensor, "compute_stats", compute_stats)
+    path = tmp_path / "a.imatrix.gguf"
+    path.write_bytes(SNAPSHOTS[20].read_bytes())
+    app = Host(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _wait(pilot, lambda: app.watcher.status == LIVE)
+        assert len(passes) == 1 and passes[0] is not None and passes[0]() is False
+        app.watcher.path = str(tmp_path / "other.gguf")  # what follow() does when another file opens
+        assert passes[0]() is True
+        with pytest.raises(InterruptedError):  # which compute_stats turns into its early stop
+            real(load(path), cancelled=passes[0])
+    assert app.failures == [] and [r.chunk_count for r in app.reports] == [20]

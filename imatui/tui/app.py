@@ -22,10 +22,10 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input, Static
 from textual.worker import WorkerCancelled, WorkerFailed, get_current_worker
 
-from imatui.errors import ImatrixError
+from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.tensor import StatsReport
-from imatui.tui.messages import ChannelsReady, DataLoaded, LoadFailed, LoadProgress
+from imatui.tui.messages import ChannelsReady, ChannelsUnavailable, DataLoaded, LoadFailed, LoadProgress, LoadWriting
 from imatui.tui.widgets.channel_plot import DetailPane, channel_values
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
@@ -94,6 +94,7 @@ class ImatuiApp(App[None]):
         self.created_at = time.perf_counter()
         self.first_frame_at: float | None = None
         self._open_scheduled = False
+        self._loaded_stamp: tuple[str, tuple[int, int]] | None = None  # (path, (size, mtime_ns)) of the last load
         self.watcher = LiveWatcher(self)  # follows the shown file (issue 4: live monitoring)
 
     @staticmethod
@@ -188,6 +189,9 @@ class ImatuiApp(App[None]):
         if self.diff_with:
             self._push_diff(self.paths[0], self.diff_with)
 
+    def on_unmount(self) -> None:
+        self.watcher.stop()
+
     @property
     def _view_alive(self) -> bool:
         """False while the app shuts down (workers' messages may still arrive then)."""
@@ -226,6 +230,8 @@ class ImatuiApp(App[None]):
     def set_live_status(self, status: str) -> None:
         """The header's live marker: "live", "idle", "writing…", "waiting for FILE", "deleted"."""
         # query, not query_one: the header timer can fire while the app is tearing its screen down
+        if not self.screen_stack:
+            return  # shutting down: Textual has already closed the screens
         for info in self.main_screen.query(InfoBar):
             info.live = status
 
@@ -255,8 +261,15 @@ class ImatuiApp(App[None]):
     # -- loading -------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, path: str) -> None:
+        import importlib
+
         from imatui.formats import load
         from imatui.stats.tensor import compute_stats
+
+        # the follower's reader: files up to its COPY_LIMIT are parsed from a private copy (a writer
+        # truncating the file during the parse cannot SIGBUS gguf-py's memory map), and an empty or
+        # half-written file is told apart from a broken one
+        live = importlib.import_module("imatui.live.follow")
 
         worker = get_current_worker()
         last = [0.0]
@@ -268,9 +281,26 @@ class ImatuiApp(App[None]):
                 self.post_message(LoadProgress(path, done, total))
 
         try:
-            imatrix = load(path, chunk_size=self.chunk_size)
+            try:
+                outcome = live.try_load(path, self.chunk_size, copy_limit=live.COPY_LIMIT)
+            except OSError:  # a folder, no permission: load() says it in its own words
+                outcome = None
+            if outcome is not None and outcome.kind in ("writing", "truncated"):
+                self.post_message(LoadWriting(path))  # the watcher takes it from here
+                return
+            if outcome is not None and outcome.kind == "invalid":
+                self.post_message(LoadFailed(path, outcome.message))
+                return
+            if outcome is not None and outcome.imatrix is not None and outcome.stamp is not None:
+                imatrix, stamp = outcome.imatrix, outcome.stamp[:2]
+            else:
+                imatrix, stamp = load(path, chunk_size=self.chunk_size), None  # missing: its error
             report = compute_stats(imatrix, progress=progress, cancelled=lambda: worker.is_cancelled)
         except InterruptedError:
+            return
+        except TruncatedError:
+            # a large, lazily read file rewritten under the statistics pass
+            self.post_message(LoadWriting(path))
             return
         except ImatrixError as exc:
             self.post_message(LoadFailed(path, str(exc)))
@@ -279,7 +309,26 @@ class ImatuiApp(App[None]):
             self.post_message(LoadFailed(path, f"{path}: {type(exc).__name__}: {exc}"))
             return
         if not worker.is_cancelled:
+            if stamp is not None:
+                self._loaded_stamp = (path, stamp)
             self.post_message(DataLoaded(path, imatrix, report))
+
+    def on_load_writing(self, message: LoadWriting) -> None:
+        """An empty or half-written file at open: no error, the watcher picks it up when complete."""
+        if message.path != self.current_path or not self._view_alive:
+            return
+        from imatui.tui.watcher import WRITING
+
+        name = Path(message.path).name
+        info = self.main_screen.query_one(InfoBar)
+        if self.report is None:
+            info.state = ""
+            self._placeholder(f"{name} is being written…\n\nit opens when it is complete")
+            self.main_screen.query_one(DetailPane).clear(f"{name} is being written…")
+        else:
+            info.state = f"{name} is being written… (it opens when complete)"
+        self.watcher.follow(message.path)
+        self.set_live_status(WRITING)
 
     def on_data_loaded(self, message: DataLoaded) -> None:
         if message.path != self.current_path or not self._view_alive:
@@ -287,7 +336,9 @@ class ImatuiApp(App[None]):
         self.imatrix, self.report = message.imatrix, message.report
         self.shown_path = message.path
         self.main_screen.query_one("#main").remove_class("-empty")
-        self.watcher.follow(message.path, shown=message.imatrix)
+        loaded = self._loaded_stamp
+        self.watcher.follow(message.path, shown=message.imatrix,
+                            stamp=loaded[1] if loaded is not None and loaded[0] == message.path else None)
         info = self.main_screen.query_one(InfoBar)
         info.state = ""
         info.report = message.report
@@ -316,6 +367,8 @@ class ImatuiApp(App[None]):
             # what is on screen stays, and says which file it is from
             if message.path == self.current_path and message.path != self.shown_path:
                 self.current_path = self.shown_path
+                # back to following the file on screen (the watcher may have taken the failed one)
+                self.watcher.follow(self.shown_path, shown=self.imatrix)
             info.path = self.shown_path
             info.state = ""
         else:
@@ -363,6 +416,12 @@ class ImatuiApp(App[None]):
         try:
             entry = imatrix.entries[name]
             values = channel_values(entry.sums2, entry.counts)
+        except TruncatedError:
+            # a large file read lazily, rewritten by its collector: not an error; the watcher's
+            # reload (DataLoaded) selects the tensor again
+            if not get_current_worker().is_cancelled:
+                self.post_message(ChannelsUnavailable(path, name))
+            return
         except ImatrixError as exc:
             self.post_message(LoadFailed(path, str(exc)))
             return
@@ -375,6 +434,11 @@ class ImatuiApp(App[None]):
         t = self.report.tensor(message.name)
         if t is not None and self._view_alive:
             self.main_screen.query_one(DetailPane).show_channels(t, message.values, message.counts)
+
+    def on_channels_unavailable(self, message: ChannelsUnavailable) -> None:
+        if message.path != self.current_path or message.name != self.selected_name or not self._view_alive:
+            return
+        self.main_screen.query_one(DetailPane).unavailable("file is being rewritten…")
 
     async def wait_for_data(self) -> None:
         """Until the file is loaded and the detail pane drawn (for tests, headless screenshots)."""

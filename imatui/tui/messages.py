@@ -37,6 +37,22 @@ class LoadFailed(Message):
 
 
 @dataclass
+class LoadWriting(Message):
+    """The file is empty or half-written (a collector is rewriting it): not an error, follow it."""
+
+    path: str
+
+
+@dataclass
+class ChannelsUnavailable(Message):
+    """The selected tensor's channels could not be read: its (large, lazily read) file is being
+    rewritten; the watcher's reload selects it again."""
+
+    path: str
+    name: str
+
+
+@dataclass
 class LoadProgress(Message):
     """Statistics are being computed: `done` of `total` tensors (for the header)."""
 

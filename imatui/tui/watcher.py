@@ -74,12 +74,13 @@ class LiveWatcher:
         self._shown_stamp: tuple[int, int] | None = None
 
     # -- starting ---------------------------------------------------------------------------------
-    def follow(self, path: str | Path, shown: "Imatrix | None" = None) -> None:
+    def follow(self, path: str | Path, shown: "Imatrix | None" = None,
+               stamp: tuple[int, int] | None = None) -> None:
         """Follow `path` (replacing any file followed before); a no-op for the file already followed.
 
         `shown`: the Imatrix the app already shows for it; when the follower's first version is that
         very file (same size and mtime) of a large, lazily read file, its statistics are not computed
-        a second time.
+        a second time. `stamp`: (size, mtime_ns) of the bytes `shown` was read from, when known.
         """
         path = str(path)
         if path == self.path:
@@ -88,7 +89,7 @@ class LiveWatcher:
             self.series = ConvergenceSeries()
             self.snapshots = {}
         self.path = path
-        self._shown_stamp = _lazy_stamp(shown)
+        self._shown_stamp = (stamp if shown is not None else None) or _lazy_stamp(shown)
         if shown is not None and self._shown_stamp is None:
             # an eagerly read file (legacy .dat) keeps no stamp: the app has just read it, take it now
             try:
@@ -137,7 +138,11 @@ class LiveWatcher:
                         continue
                     self._shown_stamp = None
                     try:
-                        report = await asyncio.to_thread(compute_stats, event.imatrix)
+                        # another file opened meanwhile: the pass stops between tensors
+                        report = await asyncio.to_thread(compute_stats, event.imatrix,
+                                                         cancelled=lambda: path != self.path)
+                    except InterruptedError:
+                        return
                     except TruncatedError:
                         self._set_status(WRITING)  # a lazy (large) file rewritten under the statistics pass
                         continue
@@ -154,7 +159,9 @@ class LiveWatcher:
                     try:
                         step = await self._add_checkpoint(event)
                     except ImatrixError:
-                        step = None  # a large lazy file rewritten again meanwhile: the next version will do
+                        step = None
+                    if path != self.path:
+                        return  # a large lazy file rewritten again meanwhile: the next version will do
                     self._set_status(LIVE)
                     if step is not None and not first_load:
                         self._notify_step(step)
@@ -186,19 +193,31 @@ class LiveWatcher:
     async def _add_checkpoint(self, event: Loaded) -> Step | None:
         # the means in a thread; the series itself only ever changes on the event loop (snapshot
         # workers insert into it too)
+        series = self.series
         means = await asyncio.to_thread(channel_means, event.imatrix)
-        return self.series.add_checkpoint(
+        if series is not self.series:
+            return None  # another file followed meanwhile: its own series
+        return series.add_checkpoint(
             Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name))
 
     async def _add_snapshot(self, snap: Path) -> None:
-        """A snapshot is often noticed while llama-imatrix is still writing it: try a few times."""
+        """A snapshot is often noticed while llama-imatrix is still writing it: try a few times.
+
+        The series is the one of the file followed when the snapshot was noticed: if another file is
+        opened meanwhile (follow() starts a new series), the result is dropped.
+        """
+        series = self.series
         for delay in SNAPSHOT_RETRIES:
             await asyncio.sleep(delay)
+            if series is not self.series:
+                return
             outcome = await asyncio.to_thread(try_load, snap, getattr(self.app, "chunk_size", 512))
             if outcome.kind in ("loaded", "lazy") and outcome.imatrix is not None:
                 means = await asyncio.to_thread(channel_means, outcome.imatrix)
+                if series is not self.series:
+                    return
                 checkpoint = Checkpoint(outcome.imatrix.chunk_count, outcome.mtime, means, snap.name)
-                if self.series.insert_checkpoint(checkpoint):
+                if series.insert_checkpoint(checkpoint):
                     self._changed()
                 return
             if outcome.kind == "missing":
@@ -225,7 +244,16 @@ class LiveWatcher:
                 text += f" · {format_duration(ago)} ago"
         return text
 
+    def stop(self) -> None:
+        """Stop the header's timer (the app is shutting down)."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
     def _refresh_header(self) -> None:
+        # the timer can tick while Textual's shutdown has already emptied the screen stack
+        if not self.app.is_running or not self.app.screen_stack:
+            return
         if self.status:
             self.app.set_live_status(self.header_text())  # type: ignore[attr-defined]
         if self.status == LIVE or self.status == WRITING:

@@ -88,6 +88,13 @@ class DetailPane(Vertical):
         self.query_one("#detail-top", Static).update("")
         self.set_class(False, "-moe")
 
+    def unavailable(self, message: str) -> None:
+        """The tensor's numbers stay; its channels cannot be read now (plots give way to `message`)."""
+        for plot in self.query(PlotView):
+            plot.plot(None)
+        self.query_one("#detail-top", Static).update(Text(message, style="italic"))
+        self.set_class(False, "-moe")
+
     def show_tensor(self, t: TensorStats) -> None:
         """The numbers we already have; plots follow when the channels are read (show_channels)."""
         layer = "-" if t.layer is None else str(t.layer)
