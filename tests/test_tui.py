@@ -491,3 +491,45 @@ async def test_messages_while_another_screen_is_on_top():
         assert app.main_screen.query_one(LayerSparklines).metric.key == "sum"
         await pilot.press("escape")
         assert "4 × 512" in _info(app)
+
+
+def test_channel_summary_is_what_the_plots_drew_from_the_full_vector():
+    """The detail pane's sort/thin/histogram runs in the reader worker (summarize_channels); the
+    histogram by binary search equals np.histogram of every value, at every bin count drawn."""
+    from imatui.tui.widgets.channel_plot import MAX_POINTS, _thin, summarize_channels
+
+    rng = np.random.default_rng(7)
+    values = rng.lognormal(-3, 2, size=1_800_000)  # a DeepSeek-size MoE tensor
+    values[::1000] = 0.0
+    values[5] = np.nan
+    s = summarize_channels(values)
+    positive = np.sort(values[values > 0])[::-1]
+    assert s.dead == 1800 and s.positive == len(positive) == 1_800_000 - 1801
+    assert len(s.x) <= MAX_POINTS and (s.x, s.y) == _thin(positive)
+    logs = np.log10(positive)
+    for bins in range(5, 41):
+        counts, edges = np.histogram(logs, bins=bins, range=(float(logs.min()), float(logs.max())))
+        centers, got = s.histogram(bins)
+        assert got == counts.tolist() and centers == ((edges[:-1] + edges[1:]) / 2).tolist()
+    flat = summarize_channels(np.full(10, 0.5))  # one value: a range of 1 from it, as before
+    lo = float(np.log10(0.5))
+    counts, edges = np.histogram(np.full(10, lo), bins=5, range=(lo, lo + 1.0))
+    assert counts.tolist() == [10, 0, 0, 0, 0]
+    assert flat.histogram(5) == (((edges[:-1] + edges[1:]) / 2).tolist(), [10, 0, 0, 0, 0])
+
+
+async def test_channels_posted_to_the_ui_are_already_sorted_and_thinned():
+    from imatui.tui.messages import ChannelsReady
+    from imatui.tui.widgets.channel_plot import ChannelSummary
+
+    messages: list = []
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE, message_hook=messages.append) as pilot:
+        await app.wait_for_data()
+        await pilot.pause()
+        ready = [m for m in messages if isinstance(m, ChannelsReady)]
+        assert ready and isinstance(ready[-1].summary, ChannelSummary)
+        name = ready[-1].name
+        entry = app.imatrix.entries[name]
+        assert ready[-1].summary.positive == int((entry.sums2 > 0).sum())
+        assert ready[-1].summary.y[0] == pytest.approx(float((entry.sums2 / entry.counts[:, None]).max()))

@@ -26,7 +26,7 @@ from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.tensor import StatsReport
 from imatui.tui.messages import ChannelsReady, ChannelsUnavailable, DataLoaded, LoadFailed, LoadProgress, LoadWriting
-from imatui.tui.widgets.channel_plot import DetailPane, channel_values
+from imatui.tui.widgets.channel_plot import DetailPane, channel_values, summarize_channels
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
 from imatui.tui.widgets.layer_sparklines import LayerSparklines
@@ -416,6 +416,7 @@ class ImatuiApp(App[None]):
         try:
             entry = imatrix.entries[name]
             values = channel_values(entry.sums2, entry.counts)
+            summary = summarize_channels(values)  # the sort of 1.8 M MoE values: not on the UI thread
         except TruncatedError:
             # a large file read lazily, rewritten by its collector: not an error; the watcher's
             # reload (DataLoaded) selects the tensor again
@@ -426,14 +427,15 @@ class ImatuiApp(App[None]):
             self.post_message(LoadFailed(path, str(exc)))
             return
         if not get_current_worker().is_cancelled:
-            self.post_message(ChannelsReady(path, name, values, entry.counts))
+            self.post_message(ChannelsReady(path, name, values, entry.counts, summary))
 
     def on_channels_ready(self, message: ChannelsReady) -> None:
         if message.path != self.current_path or message.name != self.selected_name or self.report is None:
             return
         t = self.report.tensor(message.name)
         if t is not None and self._view_alive:
-            self.main_screen.query_one(DetailPane).show_channels(t, message.values, message.counts)
+            self.main_screen.query_one(DetailPane).show_channels(t, message.values, message.counts,
+                                                                 message.summary)
 
     def on_channels_unavailable(self, message: ChannelsUnavailable) -> None:
         if message.path != self.current_path or message.name != self.selected_name or not self._view_alive:

@@ -72,3 +72,4 @@ class ChannelsReady(Message):
     name: str
     values: np.ndarray  # per-channel means sums2 / counts, flat over the matrices, float64
     counts: np.ndarray  # tokens per matrix (per expert for MoE)
+    summary: object = None  # channel_plot.ChannelSummary: sorted, thinned, logs (computed in the worker)

@@ -7,6 +7,7 @@ Text.from_ansi, so it redraws whenever Textual re-renders it (on resize too).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -68,6 +69,44 @@ def _thin(values: np.ndarray) -> tuple[list[float], list[float]]:
     return idx.tolist(), values[idx].tolist()
 
 
+@dataclass(frozen=True)
+class ChannelSummary:
+    """What the detail plots draw, computed in the reader worker (a DeepSeek MoE tensor has 1.8 M
+    channel values: sorting them on the UI thread cost ~100 ms per cursor move)."""
+
+    x: list[float]  # ranks of the thinned sorted curve (at most MAX_POINTS)
+    y: list[float]  # their values, descending
+    logs: np.ndarray  # log10 of every positive value, ascending (the histogram, at any bin count)
+    dead: int  # finite values <= 0 (not drawn)
+
+    @property
+    def positive(self) -> int:
+        return len(self.logs)
+
+    def histogram(self, bins: int) -> tuple[list[float], list[int]]:
+        """np.histogram(logs, bins, range=(min, max)) by binary search on the sorted logs."""
+        lo, hi = float(self.logs[0]), float(self.logs[-1])
+        if hi - lo < 1e-9:
+            hi = lo + 1.0
+        edges = np.histogram_bin_edges(self.logs[:1], bins=bins, range=(lo, hi))
+        # bins are [a, b), the last one [a, b]: as np.histogram counts them
+        idx = np.searchsorted(self.logs, edges, side="left")
+        idx[0], idx[-1] = 0, len(self.logs)
+        centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+        return centers, np.diff(idx).tolist()
+
+
+def summarize_channels(values: np.ndarray) -> ChannelSummary:
+    """Sort, thin and take the logs of one tensor's channel values (in a worker thread)."""
+    finite = values[np.isfinite(values)]
+    positive = np.sort(finite[finite > 0])[::-1]
+    dead = len(finite) - len(positive)
+    x, y = _thin(positive) if len(positive) else ([], [])
+    logs = np.log10(positive)
+    logs.sort()  # ascending; log10 of a sorted vector need not be exactly monotonic
+    return ChannelSummary(x, y, logs, dead)
+
+
 class DetailPane(Vertical):
     """Sorted channel values (log), their histogram, the top channels, MoE expert counts."""
 
@@ -120,34 +159,29 @@ class DetailPane(Vertical):
             text.append(f" {value:.4g} ({share:.1f}%)")
         return text
 
-    def show_channels(self, t: TensorStats, values: np.ndarray, counts: np.ndarray) -> None:
-        finite = values[np.isfinite(values)]
-        positive = np.sort(finite[finite > 0])[::-1]
-        dead = int((finite <= 0).sum())
+    def show_channels(self, t: TensorStats, values: np.ndarray, counts: np.ndarray,
+                      summary: ChannelSummary | None = None) -> None:
+        """`summary`: summarize_channels(values), when the worker has already computed it."""
+        if summary is None:
+            summary = summarize_channels(values)
+        dead = summary.dead
 
         def sorted_plot(fig) -> None:
-            if len(positive) == 0:
+            if summary.positive == 0:
                 fig.title("no positive values")
                 return
-            x, y = _thin(positive)
-            signal = fig.signal(x, y)
+            signal = fig.signal(summary.x, summary.y)
             signal.lines()
             fig.draw(signal)
             fig.ruler(1).scale("log")
             fig.title("channels sorted, log" + (f" ({dead} ≤ 0 not shown)" if dead else ""))
 
         def hist_plot(fig) -> None:
-            if len(positive) == 0:
+            if summary.positive == 0:
                 fig.title("no positive values")
                 return
-            logs = np.log10(positive)
-            lo, hi = float(logs.min()), float(logs.max())
-            bins = max(5, min(40, fig.size()[0] // 2 - 4))
-            if hi - lo < 1e-9:
-                hi = lo + 1.0
-            counts_, edges = np.histogram(logs, bins=bins, range=(lo, hi))
-            centers = ((edges[:-1] + edges[1:]) / 2).tolist()
-            fig.draw(fig.bar(centers, counts_.tolist(), orientation="vertical"))
+            centers, counts_ = summary.histogram(max(5, min(40, fig.size()[0] // 2 - 4)))
+            fig.draw(fig.bar(centers, counts_, orientation="vertical"))
             fig.title("histogram, log10 value")
 
         self.query_one("#plot-sorted", PlotView).plot(sorted_plot)
