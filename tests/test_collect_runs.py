@@ -195,3 +195,37 @@ def test_in_file_sums_come_first(tiny_model, reference, tmp_path):
     # the first 4 chunks are also the reference's first 4: sums grow by a bit less than 4/60
     grow = e.sums2.astype(np.float64).sum() / r.sums2.astype(np.float64).sum()
     assert 1.0 < grow < 1.0 + 8 / 60
+
+
+def test_snapshots_of_an_earlier_run_are_not_replaced_without_force(tiny_model, tmp_path, capsys):
+    from imatui.collect.run import main
+    from imatui.formats import load
+
+    out = tmp_path / "s.gguf"
+    old = tmp_path / "s.gguf.at_4"
+    old.write_bytes(b"an earlier run's snapshot")
+    later = tmp_path / "s.gguf.at_12"  # past this run's 8 chunks: not in the way
+    later.write_bytes(b"kept")
+    args = _args(tiny_model, out, "--chunks", "8", "-b", "512", "--save-frequency", "4")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"imatui: {old}: already exists (use --force to replace)\n"
+    assert old.read_bytes() == b"an earlier run's snapshot" and not out.exists()
+    assert main([*args, "--force"]) == 0
+    assert load(old, lazy=False).chunk_count == 4 and load(tmp_path / "s.gguf.at_8", lazy=False).chunk_count == 8
+    assert later.read_bytes() == b"kept"
+    # --resume: the snapshots at counts already done are left alone (not rewritten, not refused);
+    # one in the way of the chunks still to do is refused like any other
+    first = tmp_path / "r.gguf"
+    assert main(_args(tiny_model, first, "--chunks", "4", "-b", "512", "--save-frequency", "4")) == 0
+    at4 = (tmp_path / "r.gguf.at_4").read_bytes()
+    (tmp_path / "r.gguf.at_8").write_bytes(b"in the way")
+    capsys.readouterr()
+    resume = _args(tiny_model, first, "--chunks", "12", "-b", "512", "--save-frequency", "4", "--resume")
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "r.gguf.at_8: already exists" in err
+    (tmp_path / "r.gguf.at_8").unlink()
+    assert main(resume) == 0
+    assert (tmp_path / "r.gguf.at_4").read_bytes() == at4
+    assert [load(tmp_path / f"r.gguf.at_{n}", lazy=False).chunk_count for n in (8, 12)] == [8, 12]

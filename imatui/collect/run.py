@@ -12,6 +12,7 @@ and exits with 130; `--resume` continues from it.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import signal
@@ -205,6 +206,20 @@ def _boundary_after(done: int, prior: int, freqs: list[int], limit: int) -> int:
     return max(best, done + 1)
 
 
+def _snapshots_in_the_way(out: Path, save_frequency: int, first_count: int, last_count: int) -> list[Path]:
+    """Existing OUT.at_N files that this run would write: N a multiple of --save-frequency with
+    first_count < N <= last_count (counts include the prior chunks, as llama-imatrix's names do)."""
+    if save_frequency <= 0 or last_count <= first_count:
+        return []
+    folder = out.parent if str(out.parent) else Path(".")
+    found = []
+    for p in folder.glob(f"{glob.escape(out.name)}.at_*"):
+        n = p.name[len(out.name) + len(".at_"):]
+        if n.isdigit() and first_count < int(n) <= last_count and int(n) % save_frequency == 0:
+            found.append((int(n), p))
+    return [p for _, p in sorted(found)]
+
+
 def _clean_stale_tmp(out: Path) -> None:
     """Temporary files left by a writer that was killed mid-write (save's own naming)."""
     folder = out.parent if str(out.parent) else Path(".")
@@ -289,24 +304,17 @@ def _main(argv: list[str]) -> int:
     if not dist.is_main:
         transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    try:
-        kw = {"local_files_only": True}
-        if gguf_file:
-            kw["gguf_file"] = gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kw)
-        # transformers 5 calls it dtype; older releases torch_dtype (and would ignore dtype)
-        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-        mkw = dict(kw, **{dtype_kw: dtype})
-        if args.device_map:
-            mkw["device_map"] = args.device_map
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **mkw)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+    def cannot_load(exc: Exception) -> UsageError:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{args.model}: cannot load the model ({msg})") from None
-    model.eval()
-    if not args.device_map:
-        model.to(device)
-    input_device = model.get_input_embeddings().weight.device
+        return UsageError(f"{args.model}: cannot load the model ({msg})")
+
+    kw = {"local_files_only": True}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kw)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+        raise cannot_load(exc) from None
 
     if gguf_file:
         match_llama_pretokenizer(tokenizer, folder / gguf_file)
@@ -344,6 +352,28 @@ def _main(argv: list[str]) -> int:
             totals.metadata.update({k: v for k, v in imx.metadata.items()
                                     if not k.startswith("imatui.collect.") and not k.startswith(KEY_SIMILARITY)})
         totals.datasets.append(str(args.file))
+
+    # snapshots OUT.at_N of an earlier run are the user's: refused here, before the model is loaded
+    # (with --resume, the counts already done are never written again, so only later ones count)
+    in_the_way = _snapshots_in_the_way(out, args.save_frequency, totals.prior_chunks + totals.chunks_done,
+                                       totals.prior_chunks + chunks.n_chunk)
+    if in_the_way and not args.force:
+        more = f" and {len(in_the_way) - 1} more snapshot(s) this run would write" if len(in_the_way) > 1 else ""
+        raise UsageError(f"{in_the_way[0]}: already exists{more} (use --force to replace)")
+
+    try:
+        # transformers 5 calls it dtype; older releases torch_dtype (and would ignore dtype)
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        mkw = dict(kw, **{dtype_kw: dtype})
+        if args.device_map:
+            mkw["device_map"] = args.device_map
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **mkw)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+        raise cannot_load(exc) from None
+    model.eval()
+    if not args.device_map:
+        model.to(device)
+    input_device = model.get_input_embeddings().weight.device
 
     collector = Collector(model, process_output=args.process_output)
     if dist.is_main:
