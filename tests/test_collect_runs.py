@@ -229,3 +229,43 @@ def test_snapshots_of_an_earlier_run_are_not_replaced_without_force(tiny_model, 
     assert main(resume) == 0
     assert (tmp_path / "r.gguf.at_4").read_bytes() == at4
     assert [load(tmp_path / f"r.gguf.at_{n}", lazy=False).chunk_count for n in (8, 12)] == [8, 12]
+
+
+def test_write_and_torch_errors_are_one_line_exit_2(tiny_model, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import imatui.formats.write as write_module
+    from imatui.collect import hooks
+    from imatui.collect.run import main
+
+    text_file = tmp_path / "a-file"
+    text_file.write_text("not a folder")
+    assert main(_args(tiny_model, text_file / "out.gguf", "--chunks", "2")) == 2
+    assert capsys.readouterr().err == f"imatui: {text_file / 'out.gguf'}: {text_file} is not a folder\n"
+
+    real_save, calls = write_module.save, []
+
+    def disk_full_on_second_write(imatrix, path, **kw):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) + ".tmp")
+        return real_save(imatrix, path, **kw)
+
+    monkeypatch.setattr(write_module, "save", disk_full_on_second_write)
+    out = tmp_path / "full.gguf"
+    assert main(_args(tiny_model, out, "--chunks", "4", "-b", "128", "--output-frequency", "2")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"imatui: {out}: cannot write it: No space left on device"
+    assert [line for line in err if line.startswith("imatui:")] == err[-1:]  # the notes say "imatui collect:"
+    assert "Traceback" not in "\n".join(err) and _chunks_in(out) == 2  # the first checkpoint is intact
+    monkeypatch.setattr(write_module, "save", real_save)
+
+    def oom(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                                          "capacity of 79.1 GiB\nsecond line")
+
+    monkeypatch.setattr(hooks.Collector, "end_step", oom)
+    assert main(_args(tiny_model, tmp_path / "oom.gguf", "--chunks", "2")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("imatui: collect stopped: CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a "
+                       "total capacity of 79.1 GiB (a smaller --batch-size may fit)")

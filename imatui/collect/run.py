@@ -245,6 +245,20 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:  # torch / transformers / accelerate missing
         print(f"imatui: collect needs the 'collect' extra (pip install 'imatui[collect]'): {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a file that could not be read or written (disk full, permission denied)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"imatui: {where}{exc.strerror or _first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (RuntimeError, MemoryError) as exc:  # torch's errors, CUDA out of memory among them
+        msg = _first_line(exc)
+        hint = " (a smaller --batch-size may fit)" if isinstance(exc, MemoryError) or "out of memory" in msg else ""
+        print(f"imatui: collect stopped: {msg}{hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _main(argv: list[str]) -> int:
@@ -258,6 +272,8 @@ def _main(argv: list[str]) -> int:
     if out.is_dir():
         raise UsageError(f"{args.output}: is a directory")
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        if out.parent.exists():
+            raise UsageError(f"{args.output}: {out.parent} is not a folder")
         raise UsageError(f"{args.output}: folder {out.parent} does not exist")
     if out.exists() and not (args.force or args.resume):
         raise UsageError(f"{args.output}: already exists (use --force to replace it or --resume to continue)")
@@ -472,9 +488,12 @@ def _main(argv: list[str]) -> int:
             extra[KEY_NLL] = float(totals.nll)
             extra[KEY_NLL_TOKENS] = int(totals.nll_tokens)
         imatrix = totals.to_imatrix(ctx, extra)
-        save(imatrix, out, force=True)
-        if snapshot:
-            save(imatrix, Path(f"{out}.at_{imatrix.chunk_count}"), force=True)
+        targets = [out] + ([Path(f"{out}.at_{imatrix.chunk_count}")] if snapshot else [])
+        for target in targets:
+            try:
+                save(imatrix, target, force=True)  # snapshots in the way were refused at the start
+            except OSError as exc:  # disk full, permission denied: name the file we meant to write
+                raise ImatrixError(f"cannot write it: {exc.strerror or _first_line(exc)}", target) from None
 
     def running_ppl() -> float | None:
         if not compute_ppl:
