@@ -184,3 +184,24 @@ async def test_channels_of_a_large_file_being_rewritten_are_not_an_error(tmp_pat
         await app.wait_for_data()
         await pilot.pause()
         assert str(top.render()).startswith("top channels")
+
+
+async def test_an_unreadable_file_at_open_is_followed_and_opens_when_it_is_rewritten(tmp_path):
+    path = tmp_path / "run.imatrix.gguf"
+    path.write_bytes(b"\0" * 64)  # complete, not an imatrix
+    old = os.stat(path).st_mtime - 60
+    os.utime(path, (old, old))  # not being written: the follower reports it at once
+    app = make_app([str(path)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await _wait(pilot, lambda: app.watcher.status == "unreadable")
+        await pilot.pause(0.3)
+        assert "cannot open" in header(app)
+        # one error notification: the follower's finding the same is not shown again
+        assert len(app.load_errors) == 1 and str(path) in app.load_errors[0]
+        assert len([x for x in app._notifications if x.severity == "error"]) == 1
+        path.write_bytes(SNAPSHOTS[10].read_bytes())
+        await _wait(pilot, lambda: app.report is not None and app.report.chunk_count == 10)
+        await pilot.pause()
+        assert "10 × 512" in header(app) and "● live" in header(app) and "cannot open" not in header(app)
+        assert app.tensor_table.row_count == 210 and len(app.load_errors) == 1

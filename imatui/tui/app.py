@@ -374,6 +374,10 @@ class ImatuiApp(App[None]):
         else:
             info.state = "cannot open"
             self._placeholder(f"cannot open {message.message}\n\nb: choose another file")
+            if message.path == self.current_path:
+                # nothing else on screen: follow it, so that a collector's complete file opens when it
+                # lands (the same error found again by the follower is not shown twice)
+                self.watcher.follow(message.path, failed=message.message)
         self.notify(message.message, title="cannot open", severity="error", timeout=8)
 
     # -- selection and detail ----------------------------------------------------------------

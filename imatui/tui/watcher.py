@@ -72,15 +72,18 @@ class LiveWatcher:
         self.on_change = on_change  # called when the series or the snapshot list changed
         self._timer = None
         self._shown_stamp: tuple[int, int] | None = None
+        self._known_failure: str | None = None
 
     # -- starting ---------------------------------------------------------------------------------
     def follow(self, path: str | Path, shown: "Imatrix | None" = None,
-               stamp: tuple[int, int] | None = None) -> None:
+               stamp: tuple[int, int] | None = None, failed: str | None = None) -> None:
         """Follow `path` (replacing any file followed before); a no-op for the file already followed.
 
         `shown`: the Imatrix the app already shows for it; when the follower's first version is that
         very file (same size and mtime) of a large, lazily read file, its statistics are not computed
         a second time. `stamp`: (size, mtime_ns) of the bytes `shown` was read from, when known.
+        `failed`: the error the app has already shown for this file (not posted a second time when
+        the follower finds the same).
         """
         path = str(path)
         if path == self.path:
@@ -89,6 +92,7 @@ class LiveWatcher:
             self.series = ConvergenceSeries()
             self.snapshots = {}
         self.path = path
+        self._known_failure = failed
         self._shown_stamp = (stamp if shown is not None else None) or _lazy_stamp(shown)
         if shown is not None and self._shown_stamp is None:
             # an eagerly read file (legacy .dat) keeps no stamp: the app has just read it, take it now
@@ -123,6 +127,7 @@ class LiveWatcher:
                     return
                 if isinstance(event, Loaded):
                     started = False
+                    self._known_failure = None
                     if self._shown_stamp is not None and event.stamp[:2] == self._shown_stamp:
                         # the app has just computed these very numbers from these very bytes: keep them,
                         # only swap in the follower's copy (an eager one, unless the file is large),
@@ -188,7 +193,8 @@ class LiveWatcher:
                 elif isinstance(event, Failed):
                     started = False
                     self._set_status("unreadable")
-                    self.app.post_message(LoadFailed(path, event.message))
+                    if event.message != self._known_failure:
+                        self.app.post_message(LoadFailed(path, event.message))
 
     async def _add_checkpoint(self, event: Loaded) -> Step | None:
         # the means in a thread; the series itself only ever changes on the event loop (snapshot
