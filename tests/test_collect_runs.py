@@ -269,3 +269,23 @@ def test_write_and_torch_errors_are_one_line_exit_2(tiny_model, tmp_path, capsys
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == ("imatui: collect stopped: CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a "
                        "total capacity of 79.1 GiB (a smaller --batch-size may fit)")
+
+
+def test_one_process_checkpoint_does_not_copy_every_sum_into_one_array(tiny_model, reference, tmp_path,
+                                                                        monkeypatch):
+    """Without torchrun the sums are added as they are: no all-reduce buffer holding a second copy of
+    every weight's sums (two processes: test_two_processes_equal_one). Same numbers as the reference."""
+    from imatui.collect import distributed as D
+    from imatui.collect.run import main
+
+    real_all_sum, sizes = D.all_sum, []
+
+    def spy(dist, array, device):
+        sizes.append(np.asarray(array).size)
+        return real_all_sum(dist, array, device)
+
+    monkeypatch.setattr(D, "all_sum", spy)
+    out = tmp_path / "one.gguf"
+    assert main(_args(tiny_model, out, "--chunks", "60", "-b", "512", "--output-frequency", "20")) == 0
+    assert sizes == []  # (it was one array of 3,101 values per checkpoint: every sum, plus the tail)
+    _assert_same(out, reference)

@@ -451,27 +451,35 @@ def _main(argv: list[str]) -> int:
         nonlocal nll_tok
         deltas, sim, sim_tok = collector.flush()
         names = list(deltas)
-        parts = []
-        for name in names:
-            s2, s, c = deltas[name]
-            parts += [s2.reshape(-1), s.reshape(-1), c]
-        parts += [sim, sim_tok, np.array([float(nll_dev.item()), float(nll_tok)])]
-        flat = D.all_sum(dist, np.concatenate(parts), device)
+        tail = np.concatenate([sim, sim_tok, np.array([float(nll_dev.item()), float(nll_tok)])])
         nll_dev.zero_()
         nll_tok = 0
-        if not dist.is_main:
-            return
-        pos = 0
-        for name in names:
-            s2, s, c = deltas[name]
-            n2, nc = s2.size, c.size
-            totals.add_delta(name, flat[pos:pos + n2].reshape(s2.shape), flat[pos + n2:pos + 2 * n2].reshape(s2.shape),
-                             flat[pos + 2 * n2:pos + 2 * n2 + nc])
-            pos += 2 * n2 + nc
+        if not dist.active:
+            # one process: add each weight's sums as they are; one array of all of them (a second
+            # copy of every sum in host memory) is only needed for the all-reduce below
+            for name in names:
+                totals.add_delta(name, *deltas.pop(name))
+        else:
+            parts = []
+            for name in names:
+                s2, s, c = deltas[name]
+                parts += [s2.reshape(-1), s.reshape(-1), c]
+            flat = D.all_sum(dist, np.concatenate(parts + [tail]), device)
+            del parts
+            if not dist.is_main:
+                return
+            pos = 0
+            for name in names:
+                s2, s, c = deltas.pop(name)
+                n2, nc = s2.size, c.size
+                totals.add_delta(name, flat[pos:pos + n2].reshape(s2.shape),
+                                 flat[pos + n2:pos + 2 * n2].reshape(s2.shape), flat[pos + 2 * n2:pos + 2 * n2 + nc])
+                pos += 2 * n2 + nc
+            tail = flat[pos:].copy()  # a view would keep all of flat alive in totals.sim_sum
         nb = collector.n_blocks
-        sim_g, simtok_g = flat[pos:pos + nb], flat[pos + nb:pos + 2 * nb]
-        totals.nll += flat[pos + 2 * nb]
-        totals.nll_tokens += flat[pos + 2 * nb + 1]
+        sim_g, simtok_g = tail[:nb], tail[nb:2 * nb]
+        totals.nll += tail[2 * nb]
+        totals.nll_tokens += tail[2 * nb + 1]
         if simtok_g.any():
             totals.sim_sum = sim_g if totals.sim_sum is None else totals.sim_sum + sim_g
             totals.sim_tokens += float(simtok_g.max())
