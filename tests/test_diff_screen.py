@@ -106,6 +106,9 @@ async def test_rows_header_sparklines_and_detail():
         assert "cos 0.2652" in title and "top channel 157" in title
         # the sparklines point at the selected tensor: its kind's row and a caret at its layer
         assert [r.kind for r in screen.query(KindSparkline) if r.has_class("-selected")] == ["ffn_down"]
+        # the caret is placed once the sparklines are laid out (their resize): on a busy machine
+        # that can come a frame after the plot is drawn
+        await _until(pilot, lambda: "▼" in str(screen.query_one("#diff-caret", Static).render()))
         caret = str(screen.query_one("#diff-caret", Static).render())
         assert caret.endswith("▼ layer 24")
         assert caret.index("▼") - 12 in layer_columns(30, spark.size.width, 24)
