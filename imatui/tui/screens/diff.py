@@ -368,9 +368,11 @@ class LayerCaret(Static):
         self.n_layers = 0
         self.at_layer: int | None = None
         self.label_width = 12  # the kind labels' width, set with the sparklines
+        self._retries = 0
 
     def point(self, n_layers: int, layer: int | None) -> None:
         self.n_layers, self.at_layer = n_layers, layer
+        self._retries = 0
         self.refresh_caret()
 
     def on_resize(self) -> None:
@@ -378,9 +380,15 @@ class LayerCaret(Static):
 
     def refresh_caret(self) -> None:
         sparks = list(self.screen.query(FixedScaleSparkline)) if self.is_mounted else []
-        spark = sparks[0] if sparks else None
-        if self.at_layer is None or spark is None or spark.size.width == 0:
+        # every row's sparkline has the same width; one scrolled out of view (the list scrolls to the
+        # selected kind) may not be laid out yet and reads 0, so take any that has a width
+        spark = next((sp for sp in sparks if sp.size.width), None)
+        if self.at_layer is None or spark is None:
             self.update("")
+            if self.at_layer is not None and self.is_mounted and self._retries < 20:
+                # sparklines just mounted: their widths come with the next layout
+                self._retries += 1
+                self.call_after_refresh(self.refresh_caret)
             return
         columns = layer_columns(self.n_layers, spark.size.width, self.at_layer)
         if not columns:
