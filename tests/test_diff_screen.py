@@ -412,6 +412,8 @@ async def test_shape_mismatch_with_one_side_all_zero_counts(tmp_path):
         plot = screen.query_one(OverlayPlot)
         assert plot.pair.name == "blk.0.attn_q.weight"
         assert "no data in A" in plot.render().plain
+        ticks = plot.render().plain.splitlines()[-1].split()
+        assert ticks[0] == "0" and ticks[-1] == "7" and all(t.isdigit() for t in ticks)  # whole channels
         await pilot.press("v", "v")
         await pilot.pause()
         assert plot.mode == 2 and "no data in A" in plot.render().plain

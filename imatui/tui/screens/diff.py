@@ -225,6 +225,7 @@ class OverlayPlot(Widget):
             if side is None:
                 fig.title(f"no data in {self.labels[0]} or {self.labels[1]}")
                 return fig.build().string()
+            self._ticks(fig, len(side), width)
             xs, ys = _bucket(side, n)
             shown, empty = (0, 1) if va is not None else (1, 0)
             self._series(fig, xs, ys, self.labels[shown])
