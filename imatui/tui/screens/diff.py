@@ -8,6 +8,8 @@ the screen only lays them out.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -173,7 +175,7 @@ class OverlayPlot(Widget):
         self._cache: tuple[tuple, Text] | None = None
         self._version = 0
         self.draws = 0  # how many times a figure was built (tests check that a resize redraws)
-        self.legend: list[tuple[str, tuple[int, int, int]]] = []  # (label, colour) per series drawn
+        self.legend: list[tuple[str, str]] = []  # (label, Rich colour) per series drawn
 
     def show(self, pair: ChannelPair | None, mode: int, labels: tuple[str, str]) -> None:
         self.pair, self.mode, self.labels = pair, mode, labels
@@ -192,7 +194,7 @@ class OverlayPlot(Widget):
         text = Text(no_wrap=True)
         for i, (label, rgb) in enumerate(self.legend):
             text.append("   " if i else " ")
-            text.append("━━ ", style=f"bold rgb({rgb[0]},{rgb[1]},{rgb[2]})")
+            text.append("━━ ", style=f"bold {rgb}")
             text.append(label)
         text.append("\n")
         text.append_text(figure)
@@ -206,7 +208,12 @@ class OverlayPlot(Widget):
 
         sequence = themes["simple"]["sequence"]
         fig.draw(fig.signal(xs, ys).lines(True))
-        self.legend.append((label, sequence[len(self.legend) % len(sequence)].foreground()))
+        pixel = sequence[len(self.legend) % len(sequence)]
+        # the figure reaches the screen as ANSI palette codes, which Textual maps through its own
+        # ANSI theme: style the legend with the same code, not with plotext's idea of its RGB
+        code = re.search(r"38;5;(\d+)", str(pixel))
+        r, g, b = pixel.foreground()
+        self.legend.append((label, f"color({code.group(1)})" if code else f"rgb({r},{g},{b})"))
 
     def build(self, width: int, height: int) -> str:
         from plotext._kernel.terminal import terminal
