@@ -23,7 +23,7 @@ SORT_KEYS = {
     "sum": lambda t: t.sum, "min": lambda t: t.min, "max": lambda t: t.max,
     "mean": lambda t: t.mean, "std": lambda t: t.std, "active": lambda t: t.active,
     "n": lambda t: t.n, "entropy": lambda t: t.entropy, "entropy_norm": lambda t: t.entropy_norm,
-    "zd": lambda t: t.zd, "cossim": lambda t: -2.0 if t.cossim is None else t.cossim,
+    "zd": lambda t: t.zd, "cossim": lambda t: math.inf if t.cossim is None else t.cossim,  # lowest first, undefined last
     "skewness": lambda t: -math.inf if t.skewness is None else t.skewness,
     "kurtosis": lambda t: -math.inf if t.kurtosis is None else t.kurtosis,
     "dead": lambda t: t.dead,

@@ -74,7 +74,10 @@ TENSOR_COLUMNS: list[Column[TensorStats]] = [
     _tc("entropy", "Entropy", _num("%.4f"), "entropy of the normalised values, bits"),
     _tc("entropy_norm", "E(norm)", _percent, "entropy / log2 N"),
     _tc("zd", "ZD", _percent, "share of channels with z-score > 1"),
-    _tc("cossim", "CosSim", _num("%.4f"), "cosine with the same tensor one block earlier"),
+    # lowest similarity first, as `imatui stats --sort cossim` lists them; undefined ones last
+    Column("cossim", "CosSim", lambda t: _num("%.4f")(t.cossim),
+           lambda t: math.inf if t.cossim is None else t.cossim, descending=False,
+           help="cosine with the same tensor one block earlier (sorts lowest first)"),
     _tc("skewness", "Skew", _num("%.2f"), "skewness of the channel values"),
     _tc("kurtosis", "Kurt", _num("%.1f"), "excess kurtosis of the channel values"),
     _tc("dead", "Dead", _num("%d"), "channels that were never activated"),
