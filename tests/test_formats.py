@@ -165,3 +165,29 @@ def test_four_chunk_statistics_agree_with_plain_numpy():
         assert lay.sum == pytest.approx(np.dot(w, [t.sum for t in ts]) / w.sum(), rel=1e-5)
         assert lay.zd == pytest.approx(np.dot(w, [t.zd for t in ts]) / w.sum(), rel=1e-5, abs=1e-7)
         assert lay.n_tensors == 7 and lay.elements == int(w.sum())
+
+
+def test_browser_check_accepts_imatrices_and_turns_models_away_by_their_header(tmp_path, monkeypatch):
+    from gguf import GGUFWriter
+
+    import imatui.formats.detect as detect
+
+    assert is_imatrix_file(PROSE) and is_imatrix_file(DAT) and is_imatrix_file(FOUR)
+    model = tmp_path / "model.gguf"
+    w = GGUFWriter(str(model), arch="llama")
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(5000)])
+    w.add_string("quantize.imatrix.file", "imatrix.gguf")  # a model quantized with an imatrix
+    w.add_uint32("quantize.imatrix.chunks_count", 40)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    parsed = []
+    monkeypatch.setattr(detect, "load", lambda *a, **k: parsed.append(a) or load(*a, **k))
+    assert not is_imatrix_file(model)
+    assert parsed == []  # turned away by the sniff, never parsed
+    assert is_imatrix_file(PROSE) and len(parsed) == 1
+    unreadable = tmp_path / "dir.gguf"
+    unreadable.mkdir()
+    assert not is_imatrix_file(unreadable)

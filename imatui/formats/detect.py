@@ -11,6 +11,9 @@ from imatui.formats.legacy import DEFAULT_CHUNK_SIZE, read_legacy
 from imatui.imatrix import Imatrix
 
 
+_SNIFF_BYTES = 1 << 20
+
+
 def _check_path(path: Path) -> int:
     try:
         st = os.stat(path)
@@ -51,9 +54,19 @@ def load(path: str | Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, lazy: bool =
 
 
 def is_imatrix_file(path: str | Path) -> bool:
-    """Cheap check for the file browser: the header parses as an imatrix."""
+    """Check for the file browser: the header parses as an imatrix.
+
+    A GGUF model (often gigabytes, with a tokenizer of 100k+ strings that gguf-py parses one by
+    one) is turned away by its first megabyte: llama-imatrix writes its imatrix.* keys right after
+    general.type, so an imatrix names them there and a model never does (a quantized model's
+    `quantize.imatrix.chunks_count` is another key)."""
     try:
+        if detect_format(path) == "gguf":
+            with open(path, "rb") as f:
+                head = f.read(_SNIFF_BYTES)
+            if b"imatrix.chunk_count" not in head and b"imatrix.datasets" not in head:
+                return False
         load(path)
-    except ImatrixError:
+    except (ImatrixError, OSError):
         return False
     return True
