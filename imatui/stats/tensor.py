@@ -274,25 +274,31 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
         ts.experts_unused = int(n_mat - n_live)
 
     if act_full is not None:
-        a = act_full.reshape(n_mat, n_in)[live].reshape(-1)
-        if not np.all(np.isfinite(a)):
-            raise CorruptError(f"tensor {name} has non-finite activation sums (NaN or Inf)", path)
-        ts.act_mean = float(a.mean())
-        ts.act_entropy = _entropy_bits(a * a)
-        ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
-        sd = float(a.std())
-        ts.act_zd = float(np.count_nonzero(np.abs((a - a.mean()) / sd) > 1) / a.size) if sd > 0 else 0.0
-        if prev is not None and prev.act is not None and prev.act.size == act_full.size:
-            diff = act_full - prev.act
-            ts.act_l2 = float(np.sqrt(diff @ diff))
-            n1, n2 = float(act_full @ act_full), float(prev.act @ prev.act)
-            if n1 > 0 and n2 > 0:
-                ts.act_cossim = float(np.clip((act_full @ prev.act) / math.sqrt(n1 * n2), -1.0, 1.0))
-            elif n1 == 0 and n2 == 0:
-                ts.act_cossim = 1.0
-            if ts.act_cossim is not None:
-                ts.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ts.act_l2) * abs(ts.act_cossim) ** ECS_GAMMA
+        _activation_stats(ts, act_full, live, None if prev is None else prev.act, path)
     return ts, None, state
+
+
+def _activation_stats(ts: TensorStats, act_full: np.ndarray, live: np.ndarray, prev_act: np.ndarray | None,
+                      path: str | None) -> None:
+    """llama.cpp's activation statistics ("preferred" mode) from the mean activations, into ts."""
+    a = act_full.reshape(ts.n_mat, ts.n_in)[live].reshape(-1)
+    if not np.all(np.isfinite(a)):
+        raise CorruptError(f"tensor {ts.name} has non-finite activation sums (NaN or Inf)", path)
+    ts.act_mean = float(a.mean())
+    ts.act_entropy = _entropy_bits(a * a)
+    ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
+    sd = float(a.std())
+    ts.act_zd = float(np.count_nonzero(np.abs((a - a.mean()) / sd) > 1) / a.size) if sd > 0 else 0.0
+    if prev_act is not None and prev_act.size == act_full.size:
+        diff = act_full - prev_act
+        ts.act_l2 = float(np.sqrt(diff @ diff))
+        n1, n2 = float(act_full @ act_full), float(prev_act @ prev_act)
+        if n1 > 0 and n2 > 0:
+            ts.act_cossim = float(np.clip((act_full @ prev_act) / math.sqrt(n1 * n2), -1.0, 1.0))
+        elif n1 == 0 and n2 == 0:
+            ts.act_cossim = 1.0
+        if ts.act_cossim is not None:
+            ts.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ts.act_l2) * abs(ts.act_cossim) ** ECS_GAMMA
 
 
 def compute_stats(
@@ -408,30 +414,15 @@ def _activation_pass(imatrix: Imatrix, order: list[str], results: dict[str, Tens
                                     / np.where(live, e.counts, 1)[:, None], 0.0).reshape(-1)
             ts = results.get(name)
             if ts is not None:
-                a = act_full.reshape(e.n_mat, e.n_in)[live].reshape(-1)
-                if not np.all(np.isfinite(a)):
-                    raise CorruptError(f"tensor {name} has non-finite activation sums (NaN or Inf)", path)
-                ts.act_mean = float(a.mean())
-                ts.act_entropy = _entropy_bits(a * a)
-                ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
-                sd = float(a.std())
-                ts.act_zd = float(np.count_nonzero(np.abs((a - a.mean()) / sd) > 1) / a.size) if sd > 0 else 0.0
-                if prev is not None and prev.size == act_full.size:
+                _activation_stats(ts, act_full, live, prev, path)
+                if prev is not None and prev.size == act_full.size and blk > 0:
+                    # the layer-level distances (llama's compute_layer_statistics) pool the pairs
                     diff = act_full - prev
-                    ts.act_l2 = float(np.sqrt(diff @ diff))
-                    n1, n2 = float(act_full @ act_full), float(prev @ prev)
-                    if n1 > 0 and n2 > 0:
-                        ts.act_cossim = float(np.clip((act_full @ prev) / math.sqrt(n1 * n2), -1.0, 1.0))
-                    elif n1 == 0 and n2 == 0:
-                        ts.act_cossim = 1.0
-                    if ts.act_cossim is not None:
-                        ts.act_ecs = ECS_K * math.exp(-ECS_ALPHA * ts.act_l2) * abs(ts.act_cossim) ** ECS_GAMMA
-                    if blk > 0:
-                        acc = act_pairs.setdefault(blk, [0.0, 0.0, 0.0, 0.0])
-                        acc[0] += float(act_full @ prev)
-                        acc[1] += n1
-                        acc[2] += n2
-                        acc[3] += float(diff @ diff)
+                    acc = act_pairs.setdefault(blk, [0.0, 0.0, 0.0, 0.0])
+                    acc[0] += float(act_full @ prev)
+                    acc[1] += float(act_full @ act_full)
+                    acc[2] += float(prev @ prev)
+                    acc[3] += float(diff @ diff)
         prev_template, prev_layer, prev_act = template, blk, act_full
 
 
