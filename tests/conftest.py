@@ -20,3 +20,12 @@ def fixtures() -> Path:
 @pytest.fixture
 def prose() -> Path:
     return FIXTURES / "smollm2-prose.imatrix.gguf"
+
+
+async def wait_until(pilot, condition, timeout: float = 10.0) -> None:
+    """Let the app run until condition() holds (or fail after timeout seconds)."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("timed out")

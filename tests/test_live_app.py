@@ -19,6 +19,7 @@ from imatui.tui.screens.convergence import ConvergenceScreen
 from imatui.tui.watcher import DELETED
 from imatui.tui.widgets.info_bar import InfoBar
 from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
+from conftest import wait_until as _wait
 
 TENSOR = "blk.21.ffn_down.weight"
 EXPECTED = {n: compute_stats(load(p)) for n, p in SNAPSHOTS.items()}
@@ -26,14 +27,6 @@ EXPECTED = {n: compute_stats(load(p)) for n, p in SNAPSHOTS.items()}
 
 def header(app) -> str:
     return str(app.main_screen.query_one(InfoBar).render())
-
-
-async def _wait(pilot, condition, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("timed out")
 
 
 def _check_report(report) -> None:

@@ -161,19 +161,25 @@ async def test_snapshots_listed_at_start_and_noticed_when_they_appear(tmp_path):
     assert isinstance(events[0], SnapshotAdded) and isinstance(events[1], Loaded)
 
 
-async def test_a_file_that_never_parses_is_reported_once_it_settles(tmp_path):
-    path = tmp_path / "notes.gguf"
-    path.write_bytes(b"GGUF but not really a gguf file at all" * 10)
+async def _follow_until_failed(path, settle_s: float) -> list:
+    """Every event the follower yields up to and including Failed."""
     events: list = []
 
     async def run() -> None:
-        async for event in follow(path, settle_s=0.3):
+        async for event in follow(path, settle_s=settle_s):
             events.append(event)
             if isinstance(event, Failed):
                 return
 
-    started = time.monotonic()
     await asyncio.wait_for(run(), 10)
+    return events
+
+
+async def test_a_file_that_never_parses_is_reported_once_it_settles(tmp_path):
+    path = tmp_path / "notes.gguf"
+    path.write_bytes(b"GGUF but not really a gguf file at all" * 10)
+    started = time.monotonic()
+    events = await _follow_until_failed(path, settle_s=0.3)
     assert time.monotonic() - started >= 0.3
     assert [type(e) for e in events] == [Writing, Failed]
     assert str(path) in events[-1].message
@@ -199,24 +205,15 @@ async def test_a_damaged_complete_gguf_fails_once_it_settles(tmp_path):
     path = tmp_path / "damaged.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<I", 3) + b"\xff" * 200)
     assert try_load(path).kind == "truncated"
-    events: list = []
-
-    async def run() -> None:
-        async for event in follow(path, settle_s=0.3):
-            events.append(event)
-            if isinstance(event, Failed):
-                return
-
     started = time.monotonic()
-    await asyncio.wait_for(run(), 10)
+    events = await _follow_until_failed(path, settle_s=0.3)
     assert time.monotonic() - started >= 0.3
     assert [type(e) for e in events] == [Writing, Failed]
     assert events[-1].message.startswith(f"{path}: the GGUF file is truncated or damaged")
     # a damaged file whose mtime is already older than settle_s: Failed at the first look
     old = time.time() - 60
     os.utime(path, (old, old))
-    events.clear()
-    await asyncio.wait_for(run(), 10)
+    events = await _follow_until_failed(path, settle_s=0.3)
     assert [type(e) for e in events] == [Failed]
 
 

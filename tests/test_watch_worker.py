@@ -19,6 +19,7 @@ from imatui.tui.messages import DataLoaded, LoadFailed
 from imatui.tui.screens.convergence import ConvergenceScreen
 from imatui.tui.watcher import DELETED, LIVE, LiveWatcher
 from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
+from conftest import wait_until as _wait
 
 
 class Host(App[None]):
@@ -49,14 +50,6 @@ class Host(App[None]):
 
     def on_load_failed(self, message: LoadFailed) -> None:
         self.failures.append(message.message)
-
-
-async def _wait(pilot, condition, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.parametrize("writer", [write_in_place, write_atomic], ids=["in-place", "atomic-rename"])
