@@ -520,22 +520,12 @@ class ImatuiApp(App[None]):
     # -- sorting, tables, metrics, views -----------------------------------------------------
     def action_next_sort(self) -> None:
         self.active_table.cycle_sort(1)
-        self._notify_sort()
 
     def action_previous_sort(self) -> None:
         self.active_table.cycle_sort(-1)
-        self._notify_sort()
 
     def action_reverse_sort(self) -> None:
         self.active_table.reverse_sort()
-        self._notify_sort()
-
-    def _notify_sort(self) -> None:
-        table = self.active_table
-        col = next((c for c in table.spec if c.key == table.sort_column), None)
-        if col is not None:
-            desc = col.descending != table.sort_reverse
-            self.notify(f"sorted by {col.label} {'▼ descending' if desc else '▲ ascending'}", timeout=1.5)
 
     def action_toggle_table(self) -> None:
         switcher = self.main_screen.query_one("#tables", ContentSwitcher)
