@@ -68,9 +68,14 @@ def barrier(dist: Dist) -> None:
         tdist.barrier()
 
 
-def shutdown(dist: Dist) -> None:
+def shutdown(dist: Dist, *, sync: bool = False) -> None:
+    """Leave the process group. With sync, wait for every rank first: a rank that tears gloo down
+    while rank 0 is still writing the file can abort the peer ("terminate called without an active
+    exception"). Not after Ctrl-C, where another rank may never arrive."""
     if dist.active:
         import torch.distributed as tdist
 
         if tdist.is_initialized():
+            if sync:
+                tdist.barrier()
             tdist.destroy_process_group()

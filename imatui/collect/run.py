@@ -417,7 +417,7 @@ def _main(argv: list[str]) -> int:
     if start_done >= n_chunk:
         if dist.is_main:
             _note(f"{out}: already holds all {n_chunk} chunks; nothing to do")
-        D.shutdown(dist)
+        D.shutdown(dist, sync=True)
         return 0
 
     compute_ppl = not args.no_ppl
@@ -564,5 +564,5 @@ def _main(argv: list[str]) -> int:
         else:
             _note(f"wrote {out}: {totals.prior_chunks + done} chunks, "
                   f"{len([c for c in totals.counts.values() if c.any()])} tensors{ppl}")
-    D.shutdown(dist)
+    D.shutdown(dist, sync=True)
     return EXIT_INTERRUPTED if interrupted else 0
