@@ -187,7 +187,7 @@ class LiveWatcher:
                     if not started:
                         self.app.notify(f"new snapshot {event.path.name} ({event.chunks} chunks)",
                                         title="live", timeout=4)
-                    self.app.run_worker(self._add_snapshot(event.path), group="snapshots",
+                    self.app.run_worker(self._add_snapshot(event.path, self.series), group="snapshots",
                                         exit_on_error=False)
                     self._changed()
                 elif isinstance(event, Failed):
@@ -206,13 +206,13 @@ class LiveWatcher:
         return series.add_checkpoint(
             Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name))
 
-    async def _add_snapshot(self, snap: Path) -> None:
+    async def _add_snapshot(self, snap: Path, series: ConvergenceSeries) -> None:
         """A snapshot is often noticed while llama-imatrix is still writing it: try a few times.
 
         The series is the one of the file followed when the snapshot was noticed: if another file is
-        opened meanwhile (follow() starts a new series), the result is dropped.
+        opened meanwhile (follow() starts a new series), the result is dropped. The caller passes the
+        series: a worker starts on a later turn of the event loop, after such a follow() perhaps.
         """
-        series = self.series
         for delay in SNAPSHOT_RETRIES:
             await asyncio.sleep(delay)
             if series is not self.series:
@@ -230,8 +230,9 @@ class LiveWatcher:
                 return  # "invalid" may be a header still half-written: the retries decide
 
     async def _load_series(self, paths: list[Path]) -> None:
+        series = self.series
         for path in paths:
-            await self._add_snapshot(path)
+            await self._add_snapshot(path, series)
 
     # -- header -------------------------------------------------------------------------------------
     def _set_status(self, status: str) -> None:
