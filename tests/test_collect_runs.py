@@ -66,6 +66,18 @@ def _chunks_in(path: Path) -> int:
         return -1
 
 
+def _run_until_checkpoint(proc: subprocess.Popen, out: Path, chunks: int) -> None:
+    """Let the collector run in short slices (SIGCONT ... SIGSTOP) until `out` holds `chunks` chunks,
+    and leave it stopped: on a busy machine a plain polling loop saw it race past to the end."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGSTOP)
+        if _chunks_in(out) >= chunks:
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.003)
+
+
 def _assert_same(a_path: Path, b_path: Path, rtol: float = 1e-5) -> None:
     from imatui.formats import load
 
@@ -108,10 +120,8 @@ def test_sigkill_at_several_moments_then_resume(tiny_model, reference, tmp_path)
         # the second kill comes after the first one's checkpoint, wherever a busy machine let that be
         kill_after = 3 if not seen else seen[0] + max(1, (60 - seen[0]) // 3)
         proc = _spawn(args + (["--resume"] if i else []))
-        deadline = time.monotonic() + 120
-        while _chunks_in(out) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
+        _run_until_checkpoint(proc, out, kill_after)
+        proc.send_signal(signal.SIGKILL)  # stopped wherever it was, mid-write included
         proc.communicate()
         n = _chunks_in(out)  # the last checkpoint always opens, whatever the moment of the kill
         assert 0 < n < 60, f"the collector was not killed mid-run (at {n} chunks)"
