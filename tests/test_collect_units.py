@@ -86,6 +86,60 @@ def test_dense_hooks_sum_squares_and_count_tokens_of_3d_inputs():
     col.remove()
 
 
+def _torch_colsum(x, sums2, sums, keep=None):
+    """The Triton kernel's contract, in torch: lets the CPU tests walk the hooks' CUDA branch."""
+    xf = x.float()
+    assert keep is None or (keep.shape == (2, x.shape[1]) and keep.is_contiguous())
+    for s2, s1 in [(sums2, sums)] + ([] if keep is None else [(keep[0], keep[1])]):
+        s2.add_(xf.square().sum(0))
+        s1.add_(xf.sum(0))
+
+
+@pytest.mark.parametrize("kernel_branch", [False, True])
+def test_shared_inputs_are_summed_once_and_stay_exact(monkeypatch, kernel_branch):
+    """q/k/v share one input: its sums are computed once and handed on, over several steps, and a
+    layer called alone or with another input (or not at all) still gets exactly its own inputs' sums."""
+    from imatui.collect import kernels
+
+    passes = []
+    if kernel_branch:
+        monkeypatch.setattr(kernels, "usable", lambda x: True)
+        monkeypatch.setattr(kernels, "colsum_", lambda *a: passes.append(1) or _torch_colsum(*a))
+    model = _tiny_llama()
+    attn = model.model.layers[0].self_attn
+    col = Collector(model, layer_similarity=False)
+    seen = {k: [] for k in ("q", "k", "v")}
+    handles = [getattr(attn, f"{k}_proj").register_forward_pre_hook(
+        lambda mod, a, k=k: seen[k].append(a[0].detach().double().reshape(-1, 32).clone())) for k in seen]
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        per_step = []
+        for _ in range(3):  # full steps: the first learns who shares, the next two hand the sums on
+            model(torch.randint(0, 64, (2, 5)))
+            col.end_step()
+            per_step.append(len(passes))
+        x1, x2, x3 = (torch.randn(4, 32) for _ in range(3))
+        attn.q_proj(x1), attn.k_proj(x1), attn.v_proj(x2)  # v gets another input than its leader q
+        col.end_step()
+        attn.q_proj(x3)  # q alone: its followers get nothing
+        col.end_step()
+        attn.v_proj(x3), attn.k_proj(x3)  # followers without their leader
+        col.end_step()
+    for h in handles:
+        h.remove()
+    sums, _, _ = col.flush()
+    assert bool(col._leaders) == kernel_branch  # the kernel branch learns who shares; torch's keeps all
+    if kernel_branch:  # per block: 7 passes over inputs in the first step, then q|k|v, o, gate|up, down
+        assert per_step == [14, 22, 30]
+    for k, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v")):
+        xs = torch.cat(seen[k])
+        s2, s1, counts = sums[f"blk.0.{name}.weight"]
+        assert counts.tolist() == [float(xs.shape[0])]
+        np.testing.assert_allclose(s2[0], (xs ** 2).sum(0).numpy(), rtol=1e-5, err_msg=k)
+        np.testing.assert_allclose(s1[0], xs.sum(0).numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    assert [x.shape[0] for x in seen["q"]] == [10, 10, 10, 4, 4] and len(seen["v"]) == 5
+
+
 @pytest.mark.parametrize("kind", ["qwen2_moe", "mixtral"])
 def test_moe_experts_per_expert_sums_and_counts(kind):
     torch.manual_seed(1)

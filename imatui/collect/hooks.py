@@ -39,8 +39,7 @@ class Accumulator:
     name: str
     n_mat: int
     n_in: int
-    sums2: torch.Tensor | None = None  # (n_mat, n_in) float32 on the input's device, made on first use
-    sums: torch.Tensor | None = None
+    buf: torch.Tensor | None = None  # (2, n_mat, n_in) float32 on the input's device: [0] in_sum2, [1] in_sum
     host_counts: np.ndarray = field(default=None)  # tokens known from shapes (no device sync)
     dev_counts: torch.Tensor | None = None  # tokens from routing decisions (int64, on the device)
 
@@ -48,35 +47,41 @@ class Accumulator:
         if self.host_counts is None:
             self.host_counts = np.zeros(self.n_mat, dtype=np.int64)
 
-    def _buffers(self, device: torch.device) -> None:
-        if self.sums2 is None:
-            self.sums2 = _zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
-            self.sums = _zeros(self.n_mat, self.n_in, dtype=torch.float32, device=device)
+    @property
+    def sums2(self) -> torch.Tensor | None:
+        return None if self.buf is None else self.buf[0]
 
-    def add_rows(self, row: int, sq: torch.Tensor, s: torch.Tensor, n_tokens: int) -> None:
-        self._buffers(sq.device)
-        self.sums2[row].add_(sq)
-        self.sums[row].add_(s)
+    @property
+    def sums(self) -> torch.Tensor | None:
+        return None if self.buf is None else self.buf[1]
+
+    def _buffers(self, device: torch.device) -> None:
+        if self.buf is None:
+            self.buf = _zeros(2, self.n_mat, self.n_in, dtype=torch.float32, device=device)
+
+    def add_row(self, row: int, contribution: torch.Tensor, n_tokens: int) -> None:
+        """Adds one input's (2, n_in) (sum of squares, sum) to matrix `row`."""
+        self._buffers(contribution.device)
+        self.buf[:, row].add_(contribution)
         self.host_counts[row] += n_tokens
 
     def add_experts(self, sq: torch.Tensor, s: torch.Tensor, counts: torch.Tensor) -> None:
         self._buffers(sq.device)
-        self.sums2.add_(sq)
-        self.sums.add_(s)
+        self.buf[0].add_(sq)
+        self.buf[1].add_(s)
         if self.dev_counts is None:
             self.dev_counts = _zeros(self.n_mat, dtype=torch.int64, device=counts.device)
         self.dev_counts.add_(counts)
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sums2 float64, sums float64, counts float64) since the last take; resets to zero."""
-        if self.sums2 is None:
+        if self.buf is None:
             z = np.zeros((self.n_mat, self.n_in))
             sums2, sums = z, z.copy()
         else:
-            sums2 = self.sums2.double().cpu().numpy()
-            sums = self.sums.double().cpu().numpy()
-            self.sums2.zero_()
-            self.sums.zero_()
+            both = self.buf.double().cpu().numpy()
+            sums2, sums = both[0], both[1]
+            self.buf.zero_()
         counts = self.host_counts.astype(np.float64)
         self.host_counts[:] = 0
         if self.dev_counts is not None:
@@ -92,18 +97,17 @@ def _zeros(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
         return torch.zeros(*shape, dtype=dtype, device=device)
 
 
-def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel (sum of squares, sum) in float32 over every token of x (..., n_in), and the token count.
+def _sums(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel (sum of squares, sum) in float32 over every token of x (T, n_in), stacked as (2, n_in).
 
     bfloat16 inputs are squared in bfloat16 (same range as float32, rounding unbiased) and summed in
     float32, which saves a float32 copy of every activation on the GPU; float16 is upcast first
     (squares above 65504 would overflow).
     """
-    flat = x.detach().reshape(-1, x.shape[-1])
-    if flat.dtype == torch.bfloat16:
-        return (flat * flat).sum(0, dtype=torch.float32), flat.sum(0, dtype=torch.float32), flat.shape[0]
-    xf = flat if flat.dtype == torch.float32 else flat.float()
-    return xf.square().sum(0), xf.sum(0), flat.shape[0]
+    if x.dtype == torch.bfloat16:
+        return torch.stack(((x * x).sum(0, dtype=torch.float32), x.sum(0, dtype=torch.float32)))
+    xf = x if x.dtype == torch.float32 else x.float()
+    return torch.stack((xf.square().sum(0), xf.sum(0)))
 
 
 def _cosine_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -165,7 +169,13 @@ class Collector:
         self.unsupported: list[str] = []
         self._handles: list = []
         self._registrations: list = []  # (module, hook, pre, with_kwargs): for detach() / attach()
-        self._last: tuple | None = None  # (input tensor, its sums): q/k/v and gate/up share one input
+        # q/k/v (and gate/up) get one input tensor: its sums are computed once. _last is (that input, its
+        # (2, n_in) sums or None, the id of the hook that computed them); hooks seen to be followed by
+        # another on the same input become leaders, which keep their sums for the followers.
+        self._last: tuple | None = None
+        self._leaders: set[int] = set()
+        self._n_dense_hooks = 0
+        self._scratch: dict[tuple[torch.device, int], torch.Tensor] = {}
         self.layer_similarity = layer_similarity
 
         covered: set[str] = set()
@@ -271,26 +281,45 @@ class Collector:
         self._register(module, self._experts_hook(accs, acc_down, has_gate, transposed), with_kwargs=True)
 
     # -- hooks ----------------------------------------------------------------------------------
-    def _input_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        last = self._last
-        if last is not None and last[0] is x:
-            return last[1]
-        result = _sums(x)
-        self._last = (x, result)
-        return result
-
     def _dense_hook(self, acc: Accumulator, row: int):
+        hook_id = self._n_dense_hooks
+        self._n_dense_hooks += 1
+
+        views: list = []  # (buf[0, row], buf[1, row], buf[:, row]) once the buffer exists
+
         def hook(module, args):
             x = args[0]
-            if kernels.usable(x):  # one fused pass over the input, added in place
-                flat = x.detach().reshape(-1, x.shape[-1])
+            flat = x.detach().reshape(-1, x.shape[-1])
+            if not views:
                 acc._buffers(flat.device)
-                kernels.colsum_(flat, acc.sums2[row], acc.sums[row])
-                acc.host_counts[row] += flat.shape[0]
-                return
-            sq, s, n = self._input_sums(x)
-            acc.add_rows(row, sq, s, n)
+                views.extend((acc.buf[0, row], acc.buf[1, row], acc.buf[:, row]))
+            last = self._last
+            if last is not None and last[0] is x:
+                if last[1] is not None:  # the same input as the hook before: add its sums
+                    views[2].add_(last[1])
+                    acc.host_counts[row] += flat.shape[0]
+                    return
+                self._leaders.add(last[2])  # from the next step on, that hook keeps its sums for this one
+            if kernels.usable(flat):  # one fused pass over the input, added in place
+                keep = None
+                if hook_id in self._leaders:
+                    keep = self._scratch_for(flat)
+                    keep.zero_()
+                kernels.colsum_(flat, views[0], views[1], keep)
+            else:
+                keep = _sums(flat)
+                views[2].add_(keep)
+            acc.host_counts[row] += flat.shape[0]
+            self._last = (x, keep, hook_id)
         return hook
+
+    def _scratch_for(self, flat: torch.Tensor) -> torch.Tensor:
+        """One (2, n_in) float32 buffer per device and width: only the latest input's sums are kept."""
+        key = (flat.device, flat.shape[-1])
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = _zeros(2, flat.shape[-1], dtype=torch.float32, device=flat.device)
+        return buf
 
     def _experts_hook(self, accs: list[Accumulator], acc_down: Accumulator, has_gate: bool, transposed: bool):
         def hook(module, args, kwargs):
