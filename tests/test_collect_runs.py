@@ -301,3 +301,15 @@ def test_one_process_checkpoint_does_not_copy_every_sum_into_one_array(tiny_mode
     assert main(_args(tiny_model, out, "--chunks", "60", "-b", "512", "--output-frequency", "20")) == 0
     assert sizes == []  # (it was one array of 3,101 values per checkpoint: every sum, plus the tail)
     _assert_same(out, reference)
+
+
+def test_checkpoint_frequency_below_the_step_is_reported(tiny_model, tmp_path, capsys):
+    from imatui.collect.run import main
+
+    out = tmp_path / "o.gguf"
+    assert main(_args(tiny_model, out, "--chunks", "8", "-b", "512", "--output-frequency", "2")) == 0
+    err = capsys.readouterr().err
+    assert ("--output-frequency 2 cut(s) the 4-chunk steps short at every checkpoint; a frequency of 4 or "
+            "more keeps full steps") in err
+    assert main(_args(tiny_model, tmp_path / "p.gguf", "--chunks", "8", "-b", "512", "--output-frequency", "4")) == 0
+    assert "cut(s)" not in capsys.readouterr().err

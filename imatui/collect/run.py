@@ -414,6 +414,12 @@ def _main(argv: list[str]) -> int:
             what += f", resuming after chunk {start_done}"
         _note(f"{what}; {per_step * dist.world} chunk(s) per step on {dist.world} x {device_kind} "
               f"({dtype_name}); {len(collector.accumulators)} weights hooked")
+        step_chunks = per_step * dist.world
+        cuts = [f"--{flag} {n}" for flag, n in (("output-frequency", args.output_frequency),
+                                                 ("save-frequency", args.save_frequency)) if 0 < n < step_chunks]
+        if cuts and n_chunk - start_done > min(args.output_frequency, args.save_frequency or n_chunk):
+            _note(f"{' and '.join(cuts)} cut(s) the {step_chunks}-chunk steps short at every checkpoint; "
+                  f"a frequency of {step_chunks} or more keeps full steps (faster on a GPU)")
     if start_done >= n_chunk:
         if dist.is_main:
             _note(f"{out}: already holds all {n_chunk} chunks; nothing to do")
