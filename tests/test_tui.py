@@ -88,6 +88,26 @@ async def test_sort_reverse_and_header_click(prose_report):
         assert table.shown_keys[0] == max(prose_report.tensors, key=lambda t: t.max).name
 
 
+async def test_keys_right_after_slash_go_to_the_filter_box(prose_report):
+    """"/" and what follows it in one terminal read (a paste, fast typing) all reach the box: none of
+    it lands in the table, where "b" would open the file browser."""
+    from textual import events
+
+    app = make_app([str(PROSE)])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.wait_for_data()
+        names = {"/": "slash", ".": "full_stop"}
+        for ch in "/blk.1.":  # queued together, before the app handles the first
+            app.post_message(events.Key(names.get(ch, ch), ch))
+        await pilot.pause()
+        box = app.query_one("#filter", Input)
+        assert box.value == "blk.1."
+        assert app.tensor_table.row_count == 7
+        assert app.browser is None or not app.browser.display
+        await pilot.press("slash", "x")  # inside the box "/" is text
+        assert box.value == "blk.1./x" and app.tensor_table.row_count == 0
+
+
 async def test_filter_substring_and_regex(prose_report):
     app = make_app([str(PROSE)])
     async with app.run_test(size=SIZE) as pilot:

@@ -56,7 +56,9 @@ class ImatuiApp(App[None]):
 
     BINDINGS = [
         Binding("question_mark", "help", "Help", id="help", tooltip="keys and what the columns mean"),
-        Binding("slash", "filter", "Filter", id="filter", tooltip="filter tensor names (text or regex)"),
+        # priority: run before the keys that follow it in the same read (a paste, or fast typing) are
+        # handed to the widget that has the focus, so that they land in the filter box, not in the table
+        Binding("slash", "filter", "Filter", id="filter", priority=True, tooltip="filter tensor names (text or regex)"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear_filter"),
         Binding("s", "next_sort", "Sort", id="sort.next", tooltip="sort by the next column"),
         Binding("S", "previous_sort", "Sort back", show=False, id="sort.previous"),
@@ -491,6 +493,9 @@ class ImatuiApp(App[None]):
     # -- filter ---------------------------------------------------------------------------------
     def action_filter(self) -> None:
         box = self.main_screen.query_one("#filter", Input)
+        if self.focused is box:  # a "/" typed in the box (the binding goes first): it is text there
+            box.insert_text_at_cursor("/")
+            return
         box.display = True
         self.show_table("tensors", focus=False)
         # now, not later (focus() defers): keys typed or pasted right after "/" belong to the box
