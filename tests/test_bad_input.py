@@ -479,3 +479,41 @@ def test_refuses_to_overwrite_an_input(capsys, tmp_path):
     rc, _, err = cli(capsys, "convert", p, "-o", p, "--force")
     assert rc == 2 and "input" in err and err.count("\n") == 1
     assert p.read_bytes() == GGUF.read_bytes()
+
+
+def test_file_truncated_while_its_header_is_parsed_is_an_error_not_a_crash(tmp_path):
+    """llama-imatrix rewrites its file in place. gguf-py parses through a memory map, and a map of a
+    file truncated under it kills the process (SIGBUS): the header is parsed from a private copy."""
+    path = tmp_path / "live.imatrix.gguf"
+    path.write_bytes(GGUF.read_bytes())
+    child = r"""
+import os, sys, gguf
+from imatui.errors import ImatrixError
+from imatui.formats import load
+path = sys.argv[1]
+build = gguf.GGUFReader._build_tensor_info
+def truncate_first(self, offs, count):  # the writer starts over while the tensor list is parsed
+    os.truncate(path, 64)
+    return build(self, offs, count)
+gguf.GGUFReader._build_tensor_info = truncate_first
+try:
+    load(path)
+except ImatrixError as exc:
+    print("error:", exc)
+"""
+    run = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=str(FIXTURES.parents[1]))
+    assert run.returncode == 0, (run.returncode, run.stderr[-500:])  # -7 would be SIGBUS
+    assert run.stdout.startswith(f"error: {path}: ") and "changed while it was being read" in run.stdout
+    assert path.stat().st_size == 64  # (the child did truncate it)
+
+
+def test_a_header_longer_than_the_first_copy_is_parsed_whole(monkeypatch):
+    from imatui.formats import gguf as gguf_format
+
+    want = load(GGUF, lazy=False)
+    monkeypatch.setattr(gguf_format, "_HEADER_PREFIX", 256)  # the tensor list goes on far beyond
+    got = load(GGUF, lazy=False)
+    assert list(got.entries) == list(want.entries) and got.datasets == want.datasets
+    for name, e in want.entries.items():
+        assert np.array_equal(got[name].sums2, e.sums2) and np.array_equal(got[name].counts, e.counts)

@@ -9,12 +9,13 @@ tokens per matrix stored as float) and, from newer collectors, F32 NAME.in_sum (
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imatui.errors import CorruptError, FormatError, TruncatedError
+from imatui.errors import CorruptError, FormatError, ImatrixError, TruncatedError
 from imatui.imatrix import Entry, Imatrix
 
 GGUF_MAGIC = b"GGUF"
@@ -60,6 +61,77 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+_HEADER_PREFIX = 1 << 20
+
+
+def _check_unchanged(fd: int, stamp: tuple[int, int], path: Path) -> None:
+    st = os.fstat(fd)
+    if (st.st_size, st.st_mtime_ns) != stamp:
+        raise TruncatedError("the file changed while it was being read (is it being rewritten?)", path)
+
+
+def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
+    """gguf-py's GGUFReader over a private copy of the file's header.
+
+    GGUFReader memory-maps the file it parses, and a writer that truncates the file under the map
+    (llama-imatrix rewrites in place) would kill the process with SIGBUS instead of raising. So the
+    first bytes are read with pread and parsed from a sparse in-memory file of the same size (the
+    tensor data there is a hole, never read: data is read from the real file, stamp-checked). When
+    the header turns out longer than the copy, a longer copy is parsed again.
+    """
+    from gguf import GGUFReader
+
+    if not hasattr(os, "memfd_create"):
+        return GGUFReader(path, "r")
+    prefix = min(size, _HEADER_PREFIX)
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.pread(fd, prefix, 0)
+            _check_unchanged(fd, stamp, path)
+        finally:
+            os.close(fd)
+        if len(head) != prefix:
+            raise TruncatedError("the file changed while it was being read (is it being rewritten?)", path)
+        if prefix == min(size, _HEADER_PREFIX):
+            _refuse_model(head, path)
+        mem = os.memfd_create("imatui-gguf-header", 0)
+        try:
+            view = memoryview(head)
+            while view:
+                view = view[os.write(mem, view):]
+            os.ftruncate(mem, size)
+            try:
+                reader = GGUFReader(f"/proc/self/fd/{mem}", "r")
+            except Exception:  # noqa: BLE001 - the header may go on past the copy: parse a longer one
+                if prefix >= size:
+                    raise
+                reader = None
+        finally:
+            os.close(mem)  # the reader's map keeps the copy alive
+        if reader is not None and (reader.data_offset <= prefix or prefix >= size):
+            return reader
+        prefix = min(size, prefix * 4)
+
+
+def _refuse_model(head: bytes, path: Path) -> None:
+    """A GGUF model is turned away by its first bytes: gguf-py parses a tokenizer of 100k+ strings one
+    by one, for nothing. An imatrix has no general.architecture, a model no imatrix keys or in_sum2."""
+    key = b"general.architecture"
+    at = head.find(key)
+    if at < 0 or b"imatrix." in head or b".in_sum2" in head:
+        return
+    arch = "unknown architecture"
+    try:
+        vtype, length = struct.unpack_from("<IQ", head, at + len(key))
+        if vtype == 8 and length < 256:  # GGUF string
+            start = at + len(key) + 12
+            arch = head[start : start + length].decode("utf-8", "replace") or arch
+    except struct.error:
+        pass
+    raise FormatError(f"this is a GGUF model ({arch}), not an imatrix", path)
+
+
 def _field_value(field: Any) -> Any:
     try:
         return field.contents()
@@ -69,13 +141,15 @@ def _field_value(field: Any) -> Any:
 
 def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
     """Parse a GGUF imatrix. Raises FormatError (not an imatrix) or TruncatedError/CorruptError."""
-    from gguf import GGUFReader, GGMLQuantizationType
+    from gguf import GGMLQuantizationType
 
     path = Path(path)
     stamp = _stamp(path)
     size = stamp[0]
     try:
-        reader = GGUFReader(path, "r")
+        reader = _header_reader(path, size, stamp)
+    except ImatrixError:
+        raise
     except Exception as exc:  # noqa: BLE001 - gguf-py raises ValueError, struct errors, IndexError...
         if size < 24:
             raise TruncatedError("the GGUF header is incomplete (the file is too short)", path) from None
@@ -141,6 +215,7 @@ def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
     try:
         for name in sorted(parts):
             entries[name] = _entry(name, parts[name], path, stamp, fd, lazy)
+        _check_unchanged(fd, stamp, path)
     finally:
         os.close(fd)
     del reader  # drop the memory map: data is read per tensor from here on
@@ -173,6 +248,7 @@ def _entry(name: str, p: dict[str, Any], path: Path, stamp: tuple[int, int], fd:
                            path)
     raw = os.pread(fd, 4 * nc, int(tc.data_offset))
     if len(raw) != 4 * nc:
+        _check_unchanged(fd, stamp, path)  # a writer started over: say so, not "truncated"
         raise TruncatedError(f"the file ends inside tensor {name}.counts", path)
     counts = np.frombuffer(raw, dtype="<f4").astype(np.float64)
     if not np.all(np.isfinite(counts)) or np.any(counts < 0):

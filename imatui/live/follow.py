@@ -15,10 +15,10 @@ How a write is recognised:
   on its next change (or after a short back-off, only while it keeps changing). A TruncatedError
   is also what a damaged but complete GGUF gives (gguf-py cannot tell the two apart), so one whose
   stamp stays put for `settle_s` (or whose mtime is already that old) is `Failed`, as any other
-  file that does not parse. Parsing a private
-  copy also keeps gguf-py's memory map away from a file that a writer may truncate under it (a
-  SIGBUS, not an exception). Files above COPY_LIMIT are parsed in place and read lazily (every
-  tensor read checks the stamp); there a truncation during the header parse itself remains a risk.
+  file that does not parse. Files above COPY_LIMIT are read lazily instead (every tensor read checks
+  the stamp). Either way gguf-py's memory map never covers the user's file, which a writer may
+  truncate under it (a SIGBUS, not an exception): imatui.formats.gguf parses the header from a
+  private copy of its bytes.
 - when idle the generator waits on the inotify watch; it never polls the file.
 """
 
