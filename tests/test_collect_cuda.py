@@ -82,5 +82,27 @@ def test_triton_path_matches_torch_path(dtype):
     np.testing.assert_allclose(sim_t, sim_r, rtol=1e-5 if dtype == "float32" else 1e-3)
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_model_spread_over_two_gpus(tmp_path):
+    """--device-map auto: layers on two GPUs. The kernels must run on each layer's own GPU and stream."""
+    pytest.importorskip("accelerate")
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=576, intermediate_size=1536, num_hidden_layers=4,
+                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto",
+                                                              dtype=torch.float32).eval()
+    assert {str(d) for d in model.hf_device_map.values()} >= {"0", "1"}
+    batches = [torch.randint(0, 512, (b, t), device="cuda:0") for b, t in ((8, 512), (5, 401), (8, 512))]
+    (sums_t, sim_t, tok_t), ref = _collect(model, batches, True)
+    (sums_r, sim_r, tok_r), _ = _collect(model, batches, False)
+    for name in sums_t:
+        np.testing.assert_array_equal(sums_t[name][2], sums_r[name][2], err_msg=name)
+        np.testing.assert_allclose(sums_t[name][0][0], ref[name][0], rtol=2e-5, err_msg=name)
+        np.testing.assert_allclose(sums_r[name][0][0], ref[name][0], rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(sim_t, sim_r, rtol=1e-5)
+
+
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-v"]))

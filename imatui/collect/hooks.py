@@ -293,6 +293,8 @@ class Collector:
             if not views:
                 acc._buffers(flat.device)
                 views.extend((acc.buf[0, row], acc.buf[1, row], acc.buf[:, row]))
+            elif flat.device != views[0].device:  # a layer fed from another device than its first input
+                x = flat = flat.to(views[0].device)
             last = self._last
             if last is not None and last[0] is x:
                 if last[1] is not None:  # the same input as the hook before: add its sums
@@ -370,6 +372,8 @@ class Collector:
             if not isinstance(h_in, torch.Tensor) or not isinstance(h_out, torch.Tensor) \
                     or h_in.shape != h_out.shape:
                 return
+            if h_in.device != h_out.device:  # a model spread over devices: the block's input came from
+                h_in = h_in.to(h_out.device)  # the previous device (accelerate moves it inside forward)
             if self._sim_sums[index] is None:
                 self._sim_sums[index] = _zeros(1, dtype=torch.float64, device=h_in.device)
             if kernels.usable(h_in) and h_out.dtype == h_in.dtype:

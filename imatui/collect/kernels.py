@@ -11,6 +11,7 @@ the order of float additions varies from run to run (results agree to float roun
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -120,11 +121,21 @@ def colsum_(x: torch.Tensor, sums2: torch.Tensor, sums: torch.Tensor, keep: torc
         col_blocks = triton.cdiv(N, 64)
         rows = _rows_per_program(T, col_blocks, 12 * _sms(x.device), 16)
         grid = _GRIDS[key] = (col_blocks, triton.cdiv(T, rows), rows)
-    _colsum_kernel[grid[:2]](x, sums2, sums, sums2 if keep is None else keep, T, N, x.stride(0), ROWS=grid[2],
-                             BLOCK_T=16, BLOCK_N=64, KEEP=keep is not None, num_warps=4)
+    with _on(x.device):
+        _colsum_kernel[grid[:2]](x, sums2, sums, sums2 if keep is None else keep, T, N, x.stride(0),
+                                 ROWS=grid[2], BLOCK_T=16, BLOCK_N=64, KEEP=keep is not None, num_warps=4)
 
 
 _GRIDS: dict = {}
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device and its current stream, not on the tensors' device: a
+    model spread over GPUs (--device-map auto) needs the layer's own GPU made current for the launch,
+    or the kernel runs on another GPU, unordered with the stream that computes its input."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def cosine_sum_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -135,5 +146,6 @@ def cosine_sum_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     block_h = 64 if H <= 1024 else 128
     block_t = 16 if block_h == 64 else 8
     rows = _rows_per_program(T, 1, 8 * _sms(a.device), 32)
-    _cosine_kernel[(triton.cdiv(T, rows),)](a, b, out, T, H, a.stride(0), b.stride(0), ROWS=rows,
-                                            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=8)
+    with _on(a.device):
+        _cosine_kernel[(triton.cdiv(T, rows),)](a, b, out, T, H, a.stride(0), b.stride(0), ROWS=rows,
+                                                BLOCK_T=block_t, BLOCK_H=block_h, num_warps=8)
