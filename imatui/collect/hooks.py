@@ -47,23 +47,9 @@ class Accumulator:
         if self.host_counts is None:
             self.host_counts = np.zeros(self.n_mat, dtype=np.int64)
 
-    @property
-    def sums2(self) -> torch.Tensor | None:
-        return None if self.buf is None else self.buf[0]
-
-    @property
-    def sums(self) -> torch.Tensor | None:
-        return None if self.buf is None else self.buf[1]
-
     def _buffers(self, device: torch.device) -> None:
         if self.buf is None:
             self.buf = _zeros(2, self.n_mat, self.n_in, dtype=torch.float32, device=device)
-
-    def add_row(self, row: int, contribution: torch.Tensor, n_tokens: int) -> None:
-        """Adds one input's (2, n_in) (sum of squares, sum) to matrix `row`."""
-        self._buffers(contribution.device)
-        self.buf[:, row].add_(contribution)
-        self.host_counts[row] += n_tokens
 
     def add_experts(self, sq: torch.Tensor, s: torch.Tensor, counts: torch.Tensor) -> None:
         self._buffers(sq.device)
