@@ -61,7 +61,8 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-_HEADER_PREFIX = 1 << 20
+_HEADER_PREFIX = 1 << 20  # the first copy of a header (an imatrix header is ~100 bytes a tensor)
+_HEADER_COPY_MAX = 256 << 20  # past this a header that still does not parse is parsed in place
 
 
 def _check_unchanged(fd: int, stamp: tuple[int, int], path: Path) -> None:
@@ -77,7 +78,9 @@ def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
     (llama-imatrix rewrites in place) would kill the process with SIGBUS instead of raising. So the
     first bytes are read with pread and parsed from a sparse in-memory file of the same size (the
     tensor data there is a hole, never read: data is read from the real file, stamp-checked). When
-    the header turns out longer than the copy, a longer copy is parsed again.
+    the header turns out longer than the copy, a longer copy is parsed again. A copy that does not
+    parse at all (a damaged header, or one whose rest, zeros in the copy, reads as duplicate empty
+    names) is parsed in place instead, once: that parse says which it was.
     """
     from gguf import GGUFReader
 
@@ -85,6 +88,8 @@ def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
         return GGUFReader(path, "r")
     prefix = min(size, _HEADER_PREFIX)
     while True:
+        if prefix > _HEADER_COPY_MAX:  # a header this long is not an imatrix's: parse it in place
+            return GGUFReader(path, "r")
         fd = os.open(path, os.O_RDONLY)
         try:
             head = os.pread(fd, prefix, 0)
@@ -103,13 +108,17 @@ def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
             os.ftruncate(mem, size)
             try:
                 reader = GGUFReader(f"/proc/self/fd/{mem}", "r")
-            except Exception:  # noqa: BLE001 - the header may go on past the copy: parse a longer one
+            except Exception:  # noqa: BLE001
                 if prefix >= size:
                     raise
+                # damage, or a header longer than the copy (its zeros read as empty names): gguf-py
+                # on the file itself tells which (a longer header parses, damage raises)
                 reader = None
         finally:
             os.close(mem)  # the reader's map keeps the copy alive
-        if reader is not None and (reader.data_offset <= prefix or prefix >= size):
+        if reader is None:
+            return GGUFReader(path, "r")
+        if reader.data_offset <= prefix or prefix >= size:
             return reader
         prefix = min(size, prefix * 4)
 
