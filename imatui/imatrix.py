@@ -102,6 +102,16 @@ class Entry:
             return None
         return value() if callable(value) else value
 
+    def mean_importance(self, live: np.ndarray | None = None) -> np.ndarray:
+        """Per-channel means sums2 / counts (the values llama's statistics run on), float64, flat over
+        the given matrices (default: those with a count above 0; the rest never saw a token)."""
+        counts = np.asarray(self.counts, dtype=np.float64)
+        if live is None:
+            live = counts > 0
+        sums2 = np.asarray(self.sums2)
+        rows = sums2 if np.all(live) else sums2[live]
+        return (rows.astype(np.float64) / counts[live][:, None]).reshape(-1)
+
     def materialize(self) -> "Entry":
         """An eager copy, safe to keep after the source file changes or is closed."""
         sums = self.sums

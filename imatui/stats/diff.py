@@ -136,16 +136,6 @@ class ChannelPair:
     experts: list[int]  # the matrix (expert) index of each block of n_in values
 
 
-def mean_importance(entry: Entry, live: np.ndarray | None = None) -> np.ndarray:
-    """sums2 / counts for the given live matrices, flat, float64."""
-    counts = np.asarray(entry.counts, dtype=np.float64)
-    if live is None:
-        live = counts > 0
-    sums2 = np.asarray(entry.sums2)
-    rows = sums2[live] if not np.all(live) else sums2
-    return (rows.astype(np.float64) / counts[live][:, None]).reshape(-1)
-
-
 def _llama_sum(entry: Entry, sums2: np.ndarray, path: str | None = None) -> float | None:
     """Σ(Act²) as llama-imatrix computes it: sum of sums2/counts over the live matrices (float32).
 
@@ -314,13 +304,13 @@ def channel_pair(a: Imatrix, b: Imatrix, name: str) -> ChannelPair:
     has_b = eb is not None and bool((np.asarray(eb.counts) > 0).any())
     if not (has_a and has_b) or ea.shape != eb.shape:
         # each side on its own channels; None for a side with no data (missing, or every count 0)
-        va = mean_importance(ea) if has_a else None
-        vb = mean_importance(eb) if has_b else None
+        va = ea.mean_importance() if has_a else None
+        vb = eb.mean_importance() if has_b else None
         return ChannelPair(name, va, vb, n_in, [])
     live = (np.asarray(ea.counts) > 0) & (np.asarray(eb.counts) > 0)
     if not live.any():
         return ChannelPair(name, None, None, n_in, [])
-    return ChannelPair(name, mean_importance(ea, live), mean_importance(eb, live), n_in,
+    return ChannelPair(name, ea.mean_importance(live), eb.mean_importance(live), n_in,
                        [int(i) for i in np.flatnonzero(live)])
 
 

@@ -26,7 +26,7 @@ from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.tensor import StatsReport
 from imatui.tui.messages import ChannelsReady, ChannelsUnavailable, DataLoaded, LoadFailed, LoadProgress, LoadWriting
-from imatui.tui.widgets.channel_plot import DetailPane, channel_values, summarize_channels
+from imatui.tui.widgets.channel_plot import DetailPane, summarize_channels
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
 from imatui.tui.widgets.layer_sparklines import LayerSparklines
@@ -421,7 +421,7 @@ class ImatuiApp(App[None]):
             return
         try:
             entry = imatrix.entries[name]
-            values = channel_values(entry.sums2, entry.counts)
+            values = entry.mean_importance()
             summary = summarize_channels(values)  # the sort of 1.8 M MoE values: not on the UI thread
         except TruncatedError:
             # a large file read lazily, rewritten by its collector: not an error; the watcher's

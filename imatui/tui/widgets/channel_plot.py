@@ -200,12 +200,3 @@ class DetailPane(Vertical):
             self.set_class(False, "-moe")
 
 
-def channel_values(sums2: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per-channel means sums2 / counts (the values llama's statistics run on), matrices with
-    count 0 left out, flattened. Runs in a worker thread."""
-    sums2 = np.asarray(sums2, dtype=np.float64).reshape(len(counts), -1)
-    used = counts > 0
-    if not used.any():
-        return np.zeros(0)
-    return (sums2[used] / counts[used, None]).ravel()
-
