@@ -80,12 +80,17 @@ def test_tensor_activation_statistics(data):
             assert t.act_l2 is None and t.act_cossim is None and t.act_ecs is None
             continue
         prev = mean_act(im[t.name.replace(f"blk.{t.layer}.", f"blk.{t.layer - 1}.")]).reshape(-1)
-        cur = a_full.reshape(-1)
-        l2 = np.linalg.norm(cur - prev)
-        cos = cur @ prev / (np.linalg.norm(cur) * np.linalg.norm(prev))
-        assert t.act_l2 == pytest.approx(l2, rel=1e-6)
-        assert t.act_cossim == pytest.approx(cos, rel=1e-6)
-        assert t.act_ecs == pytest.approx(100 * math.exp(-0.01 * l2) * abs(cos) ** 10, rel=1e-5)
+        _assert_activation_stats(t, a_full.reshape(-1), prev)
+
+
+def _assert_activation_stats(row, cur: np.ndarray, prev: np.ndarray) -> None:
+    """llama's "preferred" numbers of a tensor or layer row: L2 distance and cosine of the mean
+    activations to the previous block's, and ECS = 100 exp(-0.01 L2) |cos|^10."""
+    l2 = np.linalg.norm(cur - prev)
+    cos = cur @ prev / (np.linalg.norm(cur) * np.linalg.norm(prev))
+    assert row.act_l2 == pytest.approx(l2, rel=1e-6)
+    assert row.act_cossim == pytest.approx(cos, rel=1e-6)
+    assert row.act_ecs == pytest.approx(100 * math.exp(-0.01 * l2) * abs(cos) ** 10, rel=1e-5)
 
 
 def test_layer_activation_statistics(data):
@@ -97,11 +102,7 @@ def test_layer_activation_statistics(data):
                               for k in ("attn_q", "ffn_up_exps")])
         prev = np.concatenate([mean_act(im[f"blk.{lay.layer - 1}.{k}.weight"]).reshape(-1)
                                for k in ("attn_q", "ffn_up_exps")])
-        l2 = np.linalg.norm(cur - prev)
-        cos = cur @ prev / (np.linalg.norm(cur) * np.linalg.norm(prev))
-        assert lay.act_l2 == pytest.approx(l2, rel=1e-6)
-        assert lay.act_cossim == pytest.approx(cos, rel=1e-6)
-        assert lay.act_ecs == pytest.approx(100 * math.exp(-0.01 * l2) * abs(cos) ** 10, rel=1e-5)
+        _assert_activation_stats(lay, cur, prev)
 
 
 def test_activation_statistics_are_printed(data):
