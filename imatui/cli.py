@@ -61,7 +61,7 @@ def _run_stats(args: argparse.Namespace) -> int:
     path = demo_path() if args.demo else args.file
     if path is None:
         return _fail("stats needs a FILE (or --demo)")
-    report = compute_stats(load(path, chunk_size=args.chunk_size))
+    report = compute_stats(load(path, chunk_size=args.chunk_size), fork=True)
     if args.format == "json":
         text = format_json(report, sort=args.sort, reverse=args.reverse)
     elif args.format == "csv":

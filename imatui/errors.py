@@ -17,6 +17,9 @@ class ImatrixError(Exception):
         self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def __reduce__(self):  # the statistics' worker processes send these back to the parent
+        return (self.__class__, (self.reason, self.path))
+
 
 class NotFoundError(ImatrixError):
     """The file does not exist (or is a directory where a file was expected)."""

@@ -61,10 +61,14 @@ def reference(im: Imatrix) -> dict:
     return out
 
 
-@pytest.mark.parametrize("columns,block", [(48, 1 << 19), (5, 64), (9, 16), (2, 1)])
-def test_batched_equals_reference(monkeypatch, columns, block):
+@pytest.mark.parametrize("columns,block,sub,width", [(48, 1 << 19, 1 << 18, 256), (5, 64, 32, 4), (9, 16, 16, 2),
+                                                   (2, 1, 1, 1), (13, 4096, 100, 3)])
+def test_batched_equals_reference(monkeypatch, columns, block, sub, width):
+    """Batches, read blocks and sub-blocks of many sizes; rows cut into pieces of at least `width`."""
     monkeypatch.setattr(batched, "MAX_COLUMNS", columns)
     monkeypatch.setattr(batched, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(batched, "SUB_ELEMENTS", sub)
+    monkeypatch.setattr(batched, "MIN_WIDTH", width)
     im = synthetic()
     ref = reference(im)
     report = compute_stats(im)
@@ -91,6 +95,109 @@ def test_threads_do_not_change_anything(monkeypatch):
     one = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=1)
     two = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=3)
     assert one == two
+
+
+def test_row_width_divides_and_fits(monkeypatch):
+    monkeypatch.setattr(batched, "MIN_WIDTH", 256)
+    assert batched._row_width(7168, 58, 1 << 18) == 3584  # 58 x 3584 = 207,872 floats: an L2-sized sub-block
+    assert batched._row_width(2048, 58, 1 << 18) == 2048  # a whole row fits
+    assert batched._row_width(7919, 58, 1 << 18) == 7919  # prime: no piece of >= 256, whole rows
+    assert batched._row_width(16384, 58, 1 << 17) == 2048
+
+
+def test_raw_thresholds_match_the_division():
+    """athr[k, r] is the largest raw with fl(raw / count) <= 1e-5: one float32 step up is above it."""
+    rng = np.random.default_rng(3)
+    cnt = np.concatenate([rng.integers(1, 10**6, 500), [np.inf, 3, 7, 512]]).astype(np.float32).reshape(2, -1)
+    thr = batched._raw_thresholds(cnt, batched.ACTIVE_THRESHOLD)
+    live = np.isfinite(cnt)
+    assert np.all(thr[~live] == -np.inf)
+    t, c = thr[live], cnt[live]
+    assert np.all(t / c <= batched.ACTIVE_THRESHOLD)
+    assert np.all(np.nextafter(t, np.float32(np.inf)) / c > batched.ACTIVE_THRESHOLD)
+
+
+def _forks(monkeypatch) -> list[int]:
+    """Count the forks; and let run_all fork although earlier tests (apps, watchers) may have left threads."""
+    monkeypatch.setattr(batched.threading, "active_count", lambda: 1)
+    pids: list[int] = []
+    real = batched.os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(batched.os, "fork", fork)
+    return pids
+
+
+def test_worker_processes_give_the_same_numbers(monkeypatch, tmp_path):
+    im = synthetic()
+    p = tmp_path / "s.gguf"
+    save(im, p)
+    loaded = load(p)
+    order = sorted(loaded.entries, key=_template)
+    plan = batched.plan_batches(order, loaded.entries, _template, 3)
+    one = batched.run_all(plan, str(p), None, threads=1)
+    pids = _forks(monkeypatch)
+    seen = []
+    forked = batched.run_all(plan, str(p), None, progress=seen.append, threads=3, fork=True)
+    assert len(pids) == 2  # the parent takes one share, two children the others
+    assert forked == one
+    assert sum(seen) == len(one)
+    assert compute_stats(loaded, fork=True).tensors == compute_stats(loaded).tensors
+
+
+def test_no_fork_beside_other_threads(monkeypatch):
+    """A caller with threads (the app) gets threads: a forked child would inherit their held locks."""
+    import threading
+
+    im = synthetic()
+    order = sorted(im.entries, key=_template)
+    plan = batched.plan_batches(order, im.entries, _template, 2)
+    forks = []
+    monkeypatch.setattr(batched.os, "fork", lambda: forks.append(1) or 0)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        res = batched.run_all(plan, None, None, threads=2, fork=True)
+    finally:
+        stop.set()
+        t.join()
+    assert not forks and len(res) == sum(len(b) for b in plan) - sum(c.helper for b in plan for c in b)
+
+
+def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
+    from imatui.errors import CorruptError
+
+    im = synthetic()
+    order = sorted(im.entries, key=_template)
+    plan = batched.plan_batches(order, im.entries, _template, 2)
+    parent = batched.os.getpid()
+    real = batched.run_batch
+
+    def failing(cols, *a, **k):
+        if batched.os.getpid() != parent:
+            raise CorruptError("tensor x has NaN", "f.gguf")
+        return real(cols, *a, **k)
+
+    monkeypatch.setattr(batched, "run_batch", failing)
+    pids = _forks(monkeypatch)
+    with pytest.raises(CorruptError) as e:
+        batched.run_all(plan, None, None, threads=2, fork=True)
+    assert pids and str(e.value) == "f.gguf: tensor x has NaN" and e.value.path == "f.gguf"
+
+    def dying(cols, *a, **k):
+        if batched.os.getpid() != parent:
+            batched.os._exit(3)
+        return real(cols, *a, **k)
+
+    monkeypatch.setattr(batched, "run_batch", dying)
+    with pytest.raises(ChildProcessError, match="ended without results"):
+        batched.run_all(plan, None, None, threads=2, fork=True)
 
 
 def test_lazy_file_and_memory_agree(tmp_path):

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +37,11 @@ ACTIVE_THRESHOLD = F32(1e-5)
 TOP_CHANNELS = 8
 MAX_COLUMNS = 64  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
 MIN_COLUMNS = 16  # split a group for the threads only down to this width
-BLOCK_ELEMENTS = 1 << 21  # elements of one block matrix: about 8 MB (fewer numpy calls; the passes stay in L3)
+BLOCK_ELEMENTS = 1 << 21  # elements read per block: about 8 MB (few syscalls)
+# elements computed on at a time: each numpy sweep over a sub-block stays in a core's L2 cache (2 MB on the
+# Xeon that the benchmark runs on, where a sweep over an 8 MB block runs 2-4x slower from L3)
+SUB_ELEMENTS = 1 << 18
+MIN_WIDTH = 256  # narrowest row a tensor's rows are cut into for the sub-blocks
 _TINY = np.finfo(F32).smallest_subnormal
 _HAS_PREADV = hasattr(os, "preadv")
 
@@ -184,23 +191,35 @@ def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.n
 
 
 def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None,
-              scratch: dict | None = None) -> list[TensorResult]:
+              scratch: dict | None = None, sub_elements: int | None = None) -> list[TensorResult]:
     """Statistics of the batch's non-helper columns (all of one shape), in column order.
 
     `scratch`: block buffers kept from an earlier batch of the same thread (filled in here).
+    `sub_elements`: elements computed on at a time (default SUB_ELEMENTS). Threads sharing the GIL
+    want fewer, larger numpy calls (BLOCK_ELEMENTS): with L2-sized ones they wait on each other.
     """
+    if sub_elements is None:
+        sub_elements = SUB_ELEMENTS
     if scratch is None:
         scratch = {}
     n_mat, n_in = cols[0].entry.shape
     n = n_mat * n_in
     K = len(cols)
-    rows_per_block = max(1, min(n_mat, BLOCK_ELEMENTS // max(1, K * n_in)))
+    # The element order is all that the chains see, so each tensor is treated as rows of w elements
+    # (w divides n_in: a row of the file is q of them, and they share its count): K * w, a row of
+    # the batch, then fits a sub-block even for 7168-wide experts
+    w = _row_width(n_in, K, sub_elements)
+    q = n_in // w
+    rows = n_mat * q
+    sub_rows = max(1, min(rows, sub_elements // max(1, K * w)))
+    rows_per_block = max(sub_rows, min(rows, BLOCK_ELEMENTS // max(1, K * w)) // sub_rows * sub_rows)
     sources = [_Source(c.entry) for c in cols]
     counts = np.stack([np.asarray(c.entry.counts, dtype=np.float64).reshape(-1) for c in cols])  # (K, n_mat)
     live = counts > 0
-    # llama divides a float by the int64 count: the count becomes a float32
-    cnt = np.where(live, counts, np.inf).astype(F32)  # x / inf = 0 for the rows it skips
     n_live = live.sum(axis=1) * n_in
+    # llama divides a float by the int64 count: the count becomes a float32
+    cnt = np.repeat(np.where(live, counts, np.inf).astype(F32), q, axis=1)  # x / inf = 0 for the rows it skips
+    live = np.repeat(live, q, axis=1)  # (K, rows)
     real = np.array([not c.helper for c in cols])
 
     results = [TensorResult(c.name) for c in cols]
@@ -218,27 +237,28 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
     # the value to beat to enter a tensor's top list (+inf: no list wanted)
     top_thr = np.where(real & (kk > 0), -np.inf, np.inf).astype(F32)
-    # the (tensor, element) blocks that get transposed have a row stride of an odd multiple of 64 bytes:
+    # the (tensor, element) matrices that get transposed have a row stride of an odd multiple of 64 bytes:
     # with a multiple of 4096 (7168-wide experts, two rows) every row maps to the same cache sets and
     # the transposing copy runs 2.5x slower
-    l_max = rows_per_block * n_in
-    l_pad = l_max + (16 - l_max) % 32
-    buf = _scratch(scratch, "raw", (K, l_pad), F32)[:, :l_max]
-    pbuf = _scratch(scratch, "p", (K, l_pad), F32)[:, :l_max]
-    # scratch of the (element, tensor) passes, reused block after block (and batch after batch)
-    tbuf = _scratch(scratch, "t", (rows_per_block * n_in, K), F32)
-    vbuf = _scratch(scratch, "v", (rows_per_block * n_in, K), F32)
-    sbuf = _scratch(scratch, "s", (rows_per_block * n_in, K), F32)
-    tile = next(t for t in (16, 8, 4, 2, 1) if n_in % t == 0)
+    l_max = rows_per_block * w
+    buf = _scratch(scratch, "raw", (K, _padded(l_max)), F32)[:, :l_max]
+    s_max = sub_rows * w
+    pbuf = _scratch(scratch, "p", (K, _padded(s_max)), F32)[:, :s_max]
+    # scratch of the (element, tensor) passes, reused sub-block after sub-block (and batch after batch)
+    tbuf = _scratch(scratch, "t", (s_max, K), F32)
+    vbuf = _scratch(scratch, "v", (s_max, K), F32)
+    sbuf = _scratch(scratch, "s", (s_max, K), F32)
+    tile = next(t for t in (16, 8, 4, 2, 1) if w % t == 0)
     fds: dict[str, int] = {}
     full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
 
     def blocks():
-        for r0 in range(0, n_mat, rows_per_block):
+        """(s0, s1, raw, dead): sub-blocks of rows s0..s1, raw (K, (s1 - s0) * w) a view of the read block."""
+        for r0 in range(0, rows, rows_per_block):
             if cancelled is not None and cancelled():
                 raise InterruptedError("statistics cancelled")
-            r1 = min(n_mat, r0 + rows_per_block)
-            e0, e1 = r0 * n_in, r1 * n_in
+            r1 = min(rows, r0 + rows_per_block)
+            e0, e1 = r0 * w, r1 * w
             raw = buf[:, : e1 - e0]
             if e1 - e0 == buf.shape[1]:
                 views = full_views
@@ -252,19 +272,37 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         raise TruncatedError("the file ends inside its tensor data", src.slice.path)
                 else:
                     src.read_into(raw[k], e0, fds)
-            yield r0, r1, e0, e1, raw, ~live[:, r0:r1]
+            for s0 in range(r0, r1, sub_rows):
+                s1 = min(r1, s0 + sub_rows)
+                yield s0, s1, raw[:, (s0 - r0) * w : (s1 - r0) * w], ~live[:, s0:s1]
         # a file rewritten while we read it (llama-imatrix rewrites in place) must not give numbers
         for src in sources:
             if src.slice is not None:
                 check_stamp(fds[src.slice.path], src.slice)
 
+    athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
+    gbuf = _scratch(scratch, "g", (K, s_max), np.bool_)
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
+    n_pending = 0
+
+    def merge_pending() -> None:
+        nonlocal n_pending
+        if not pending:
+            return
+        g, v, i = (np.concatenate(a) for a in zip(*pending))
+        pending.clear()
+        n_pending = 0
+        hit = np.flatnonzero(np.bincount(g, minlength=K))
+        _top_merge(top_v, top_i, hit, g, v, i)
+        top_thr[hit] = top_v[hit, kk[hit] - 1]
+
     try:
         with np.errstate(all="ignore"):
             # pass 1: Σ, Σv², min, max, % active, zeros, CosSim inner products, top channels
-            for r0, r1, e0, e1, raw, dead_rows in blocks():
-                m = r1 - r0
-                c = cnt[:, r0:r1]  # (K, rows): one count per row, inf for a row llama skips
-                r3 = raw.reshape(K, m, n_in)
+            for s0, s1, raw, dead_rows in blocks():
+                m = s1 - s0
+                c = cnt[:, s0:s1]  # (K, rows): one count per row, inf for a row llama skips
+                r3 = raw.reshape(K, m, w)
                 # v = fl(raw / c) is monotone in raw: min and max of a row come from the raw ones
                 rmax = r3.max(axis=2) / c  # (K, rows): each row's largest v (v is monotone in raw)
                 rmin = np.where(dead_rows, np.inf, r3.min(axis=2) / c)
@@ -272,36 +310,44 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 bmin = rmin.min(axis=1)
                 vmax = np.maximum(vmax, bmax)
                 vmin = np.minimum(vmin, bmin)
-                # only the rows (tensor, row) with some v <= 1e-5 (rows llama skips have rmin = inf)
-                ks, rs = np.divmod(np.flatnonzero(rmin <= ACTIVE_THRESHOLD), m)
-                if ks.size:
-                    vk = r3[ks, rs] / c[ks, rs][:, None]
-                    np.add.at(inactive, ks, np.add.reduce((vk <= ACTIVE_THRESHOLD).view(np.uint8), axis=1,
-                                                          dtype=np.int32))
-                    z = rmin[ks, rs] == 0
-                    if z.any():
-                        np.add.at(zeros, ks[z], np.add.reduce((vk[z] == 0).view(np.uint8), axis=1, dtype=np.int32))
+                # % active: v <= 1e-5 is raw <= athr, each row's raw threshold (rows llama skips have rmin = inf)
+                cand = rmin <= ACTIVE_THRESHOLD
+                n_cand = int(np.count_nonzero(cand))
+                if 4 * n_cand > cand.size:  # most rows: the whole sub-block, no row copies
+                    le = np.less_equal(r3, athr[:, s0:s1, None], out=gbuf[:, : m * w].reshape(K, m, w))
+                    inactive += np.add.reduce(le.view(np.uint8).reshape(K, m * w), axis=1, dtype=np.int32)
+                elif n_cand:
+                    ks, rs = np.divmod(np.flatnonzero(cand), m)
+                    le = r3[ks, rs] <= athr[ks, s0 + rs][:, None]
+                    np.add.at(inactive, ks, np.add.reduce(le.view(np.uint8), axis=1, dtype=np.int32))
+                if n_cand:  # dead channels: v == 0
+                    ks, rs = np.divmod(np.flatnonzero(rmin == 0), m)
+                    if ks.size:
+                        vk = r3[ks, rs] / c[ks, rs][:, None]
+                        np.add.at(zeros, ks, np.add.reduce((vk == 0).view(np.uint8), axis=1, dtype=np.int32))
                 # only the rows whose largest v can enter their tensor's top list
                 ks, rs = np.divmod(np.flatnonzero((rmax > top_thr[:, None]) & ~dead_rows), m)
                 if ks.size:
                     vk = r3[ks, rs] / c[ks, rs][:, None]
                     beat = top_thr[ks]
-                    if np.any(beat == -np.inf) and n_in > TOP_CHANNELS:
+                    filling = bool(np.any(beat == -np.inf))
+                    if filling and w > TOP_CHANNELS:
                         # lists not yet full (the first blocks): only a row's 8 largest can enter
-                        kth = np.partition(vk, n_in - TOP_CHANNELS, axis=1)[:, n_in - TOP_CHANNELS]
+                        kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
                         beat = np.maximum(beat, np.nextafter(kth, F32(-np.inf), dtype=F32))  # v >= kth
-                    gi, gj = np.divmod(np.flatnonzero(vk > beat[:, None]), n_in)  # 2-D nonzero is ~10x slower
-                    hit = np.unique(ks)
-                    _top_merge(top_v, top_i, hit, ks[gi], vk[gi, gj], (r0 + rs[gi]) * n_in + gj)
-                    top_thr[hit] = top_v[hit, kk[hit] - 1]
+                    gi, gj = np.divmod(np.flatnonzero(vk > beat[:, None]), w)  # 2-D nonzero is ~10x slower
+                    pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
+                    n_pending += gi.size
+                    if filling or n_pending > 4096:  # merged now and then: each merge sorts
+                        merge_pending()
                 # the float32 chains, on (element, tensor) matrices
-                L = m * n_in
+                L = m * w
                 rt = tbuf[:L]
                 np.copyto(rt, raw.T)
                 vt = vbuf[:L]
                 # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
-                np.divide(rt.reshape(m, n_in // tile, tile * K),
-                          np.tile(c.T[:, None, :], (1, 1, tile)), out=vt.reshape(m, n_in // tile, tile * K))
+                np.divide(rt.reshape(m, w // tile, tile * K),
+                          np.tile(c.T[:, None, :], (1, 1, tile)), out=vt.reshape(m, w // tile, tile * K))
                 row0 = vt[0].copy()  # _chain adds the running sum into the first row
                 total = _chain(vt, total)
                 vt[0] = row0
@@ -318,6 +364,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 np.multiply(rt, rt, out=rt)
                 mag = _chain(rt, mag)
 
+            merge_pending()
             mean = np.zeros(K, F32)
             dev = np.zeros(K, F32)
             ok = np.zeros(K, bool)
@@ -363,13 +410,12 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             big = np.maximum(np.abs(vmax.astype(np.float64)), np.abs(vmin.astype(np.float64)))
             scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
             need_scale = bool(np.any(scale != 1))
-            gbuf = _scratch(scratch, "g", (K, rows_per_block * n_in), np.bool_)
             zero_cols = np.flatnonzero(zeros)  # tensors with some v exactly 0 (dead channels)
             if ok.any():
-                for r0, r1, e0, e1, raw, dead_rows in blocks():
-                    L = (r1 - r0) * n_in
+                for s0, s1, raw, dead_rows in blocks():
+                    L = (s1 - s0) * w
                     vals = vbuf.reshape(-1)[: K * L].reshape(K, L)
-                    np.divide(raw.reshape(K, r1 - r0, n_in), cnt[:, r0:r1, None], out=vals.reshape(K, r1 - r0, n_in))
+                    np.divide(raw.reshape(K, s1 - s0, w), cnt[:, s0:s1, None], out=vals.reshape(K, s1 - s0, w))
                     # a count along rows via uint8 sums: twice as fast as count_nonzero(axis=1)
                     ge = np.greater_equal(vals, vstar[:, None], out=gbuf[:, :L]).view(np.uint8)  # skipped rows: 0 < v*
                     zcount += np.add.reduce(ge, axis=1, dtype=np.int32)
@@ -379,7 +425,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     # a p of 0 (llama skips it) becomes 1: 1 * log2(1) = +0.0 leaves the chain as it is
                     # (a chain here is never -0.0: its terms are < 0, or +0.0)
                     if dead_rows.any():
-                        pk.reshape(K, r1 - r0, n_in)[dead_rows] = 1
+                        pk.reshape(K, s1 - s0, w)[dead_rows] = 1
                     for k in zero_cols:
                         np.copyto(pk[k], F32(1), where=pk[k] == 0)
                     pt = tbuf[:L]
@@ -399,10 +445,10 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     if need_scale:
                         np.divide(d, scale[:, None], out=d)
                     d2 = np.multiply(d, d, out=pk)
-                    m2 += np.einsum("ij,ij->i", d, d)
-                    m3 += np.einsum("ij,ij->i", d2, d)
-                    m4 += np.einsum("ij,ij->i", d2, d2)
-                    nd = dead_rows.sum(axis=1) * n_in
+                    m2 += _rowdot(d, d)
+                    m3 += _rowdot(d2, d)
+                    m4 += _rowdot(d2, d2)
+                    nd = dead_rows.sum(axis=1) * w
                     for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
                         mu = float(mean[k]) / float(scale[k])
                         m2[k] -= nd[k] * mu * mu
@@ -449,6 +495,57 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         r.top_values = [float(v) for v in tv]
         out.append(r)
     return out
+
+
+def _row_width(n_in: int, k: int, sub_elements: int) -> int:
+    """The widest w dividing n_in with k * w <= sub_elements, not below MIN_WIDTH (else n_in itself)."""
+    if k * n_in <= sub_elements:
+        return n_in
+    d = -(-k * n_in // sub_elements)  # the fewest pieces that could fit
+    while n_in // d >= MIN_WIDTH:
+        if n_in % d == 0:
+            return n_in // d
+        d += 1
+    return n_in
+
+
+def _padded(n: int) -> int:
+    """n rounded up to 16 more than a multiple of 32 floats: a row stride of an odd multiple of 64 bytes."""
+    return n + (16 - n) % 32
+
+
+def _raw_thresholds(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
+    """Per (tensor, row): the largest float32 r with fl(r / count) <= limit (fl(r / c) is monotone in r),
+    -inf for the rows llama skips (count inf)."""
+    with np.errstate(all="ignore"):
+        return _raw_thresholds_(cnt, limit)
+
+
+def _raw_thresholds_(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
+    r = (cnt * limit).astype(F32)
+    for _ in range(64):
+        over = (r / cnt) > limit
+        if not over.any():
+            break
+        r = np.where(over, np.nextafter(r, F32(-np.inf), dtype=F32), r)
+    for _ in range(64):
+        up = np.nextafter(r, F32(np.inf), dtype=F32)
+        ok = (up / cnt) <= limit
+        if not ok.any():
+            break
+        r = np.where(ok, up, r)
+    r[~np.isfinite(cnt)] = -np.inf
+    return r
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each row of a with the same row of b (float32; BLAS-fast np.vecdot where numpy has it)."""
+    if _VECDOT is not None:
+        return _VECDOT(a, b)
+    return np.einsum("ij,ij->i", a, b)
+
+
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
 
 
 def _z_threshold(mean: np.float32, dev: np.float32) -> np.float32:
@@ -526,11 +623,20 @@ def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable
 
 
 def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
-            progress: Callable[[int], None] | None = None, threads: int | None = None) -> dict[str, TensorResult]:
+            progress: Callable[[int], None] | None = None, threads: int | None = None,
+            fork: bool = False) -> dict[str, TensorResult]:
+    """Every batch's results by tensor name, on `threads` threads, or processes with `fork`.
+
+    numpy releases the GIL only inside its loops; two threads spend much of their time waiting for
+    it (on 2 cores, 2 threads do the work of 1.6). With `fork` (a single-threaded caller, on Linux:
+    the CLI), worker processes take shares of the batches and send their results back by pipe.
+    """
     if threads is None:
         threads = default_threads()
     # the biggest batches first, so the threads finish together
     batches = sorted(batches, key=lambda b: -sum(c.entry.size for c in b))
+    if fork and threads > 1 and len(batches) > 1 and _CAN_FORK and threading.active_count() == 1:
+        return _run_forked(batches, path, cancelled, progress, threads)
     out: dict[str, TensorResult] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -539,9 +645,10 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
         return stop.is_set() or (cancelled is not None and cancelled())
 
     scratch: dict[int, dict] = {}  # per thread
+    sub = SUB_ELEMENTS if threads == 1 or len(batches) == 1 else BLOCK_ELEMENTS
 
     def work(cols: list[Column]) -> list[TensorResult]:
-        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}))
+        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}), sub)
         if progress is not None:
             with lock:
                 progress(len(res))
@@ -561,6 +668,88 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
         except BaseException:
             stop.set()
             raise
+    return out
+
+
+_CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")  # macOS: fork is unsafe with its libraries
+
+
+def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
+                progress: Callable[[int], None] | None, workers: int) -> dict[str, TensorResult]:
+    """run_all over `workers` processes: this one takes the first share, forked children the others."""
+    shares: list[list[list[Column]]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for b in batches:  # biggest first, each to the least loaded share
+        i = loads.index(min(loads))
+        shares[i].append(b)
+        loads[i] += sum(c.entry.size for c in b)
+
+    def run_share(share: list[list[Column]], cancel, tick) -> list[TensorResult]:
+        scratch: dict = {}
+        res: list[TensorResult] = []
+        for b in share:
+            part = run_batch(b, path, cancel, scratch)
+            if tick is not None:
+                tick(len(part))
+            res.extend(part)
+        return res
+
+    children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+    out: dict[str, TensorResult] = {}
+    try:
+        for share in shares[1:]:
+            if not share:
+                continue
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: compute, send, and leave without running the parent's exit code
+                code = 0
+                try:
+                    os.close(rfd)
+                    for _, other in children:
+                        os.close(other)
+                    try:
+                        payload: tuple = ("ok", run_share(share, None, None))
+                    except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
+                        payload = ("error", e)
+                    try:
+                        data = pickle.dumps(payload)
+                    except Exception:  # noqa: BLE001
+                        data = pickle.dumps(("error", RuntimeError(repr(payload[1]))))
+                    with os.fdopen(wfd, "wb") as f:
+                        f.write(data)
+                except BaseException:  # noqa: BLE001
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(wfd)
+            children.append((pid, rfd))
+        for r in run_share(shares[0], cancelled, progress):
+            out[r.name] = r
+        while children:
+            pid, rfd = children[0]
+            with os.fdopen(rfd, "rb") as f:
+                data = f.read()
+            children.pop(0)
+            _, status = os.waitpid(pid, 0)
+            if not data:  # killed (out of memory?) before it could answer
+                raise ChildProcessError(f"a statistics worker process ended without results (exit status "
+                                        f"{os.waitstatus_to_exitcode(status)})")
+            kind, value = pickle.loads(data)
+            if kind == "error":
+                raise value
+            if progress is not None:
+                progress(len(value))
+            for r in value:
+                out[r.name] = r
+    finally:
+        for pid, rfd in children:  # on an error here: stop the others
+            os.close(rfd)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
     return out
 
 

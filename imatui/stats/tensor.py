@@ -306,11 +306,13 @@ def compute_stats(
     *,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    fork: bool = False,
 ) -> StatsReport:
     """Every per-tensor and per-layer statistic of `imatrix`, reading each tensor once.
 
     `progress(done, total)` is called after each tensor; `cancelled()` is polled between tensors and
     a True stops the pass early (returning None is not an option: it raises InterruptedError).
+    `fork`: compute in worker processes (only a single-threaded caller such as the CLI may ask).
     """
     from imatui.stats.batched import default_threads, plan_batches, run_all
 
@@ -326,7 +328,7 @@ def compute_stats(
 
     # llama's statistics, batched by shape (see imatui.stats.batched), exact to the float32 digit
     threads = default_threads()
-    res = run_all(plan_batches(order, imatrix.entries, _template, threads), path, cancelled, tick, threads)
+    res = run_all(plan_batches(order, imatrix.entries, _template, threads), path, cancelled, tick, threads, fork)
     for name in order:
         if res[name].error:
             raise CorruptError(res[name].error, path)
