@@ -97,6 +97,27 @@ def test_threads_do_not_change_anything(monkeypatch):
     assert one == two
 
 
+def test_without_einsum_shortcuts(monkeypatch):
+    """The plain multiply-and-add paths (a numpy whose einsum reorders or fuses) give the same numbers."""
+    monkeypatch.setattr(batched, "_EINSUM_IN_ORDER", False)
+    monkeypatch.setattr(batched, "_EINSUM2_IN_ORDER", False)
+    monkeypatch.setattr(batched, "_VECDOT", None)
+    monkeypatch.setattr(batched, "SUB_ELEMENTS", 200)
+    monkeypatch.setattr(batched, "MIN_WIDTH", 4)
+    im = synthetic()
+    ref = reference(im)
+    for t in compute_stats(im).tensors:
+        for f in LLAMA_FIELDS:
+            assert getattr(t, f) == getattr(ref[t.name], f), (t.name, f)
+
+
+def test_row_counts_packs_eight_booleans_a_word():
+    rng = np.random.default_rng(5)
+    for n in (8, 2040, 2048, 4096, 8 * 255 * 3 + 8, 13):
+        m = rng.random((7, n)) < 0.97  # long runs of Trues: every byte's sum near its 255 limit
+        assert batched._row_counts(m).tolist() == m.sum(axis=1).tolist()
+
+
 def test_row_width_divides_and_fits(monkeypatch):
     monkeypatch.setattr(batched, "MIN_WIDTH", 256)
     assert batched._row_width(7168, 58, 1 << 18) == 3584  # 58 x 3584 = 207,872 floats: an L2-sized sub-block

@@ -96,6 +96,37 @@ def _chain(block: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.array([np.cumsum(block[:, k], dtype=F32)[-1] for k in range(block.shape[1])], dtype=F32)
 
 
+def _chain_products(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Continue float32 chains with the products fl(a[i, k] * b[i, k]), i >= 1 (row 0 is ours to use).
+
+    einsum("ij,ij->j") rounds each product and adds in row order (checked below), one sweep instead
+    of a multiply and a sum; its sum starts at 0, so row 0 holds acc * 1.
+    """
+    a[0] = acc
+    b[0] = 1
+    if _EINSUM2_IN_ORDER:
+        return np.einsum("ij,ij->j", a, b)
+    np.multiply(a, b, out=a)
+    return _chain(a[1:], acc)
+
+
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    """The Trues of each row of a C-contiguous (K, L) boolean matrix.
+
+    Eight booleans to a 64-bit word: summing up to 255 words keeps every byte's sum in its byte, so
+    numpy adds 8 at a time (4x faster than a uint8 sum along rows).
+    """
+    k, n = mask.shape
+    if n % 8 or not mask.flags.c_contiguous:
+        return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int64)
+    part = np.add.reduceat(mask.view(np.uint64), np.arange(0, n // 8, 255), axis=1)
+    return part.view(np.uint8).reshape(k, -1).sum(axis=1, dtype=np.int64)
+
+
+def _flat2(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return flat[: rows * cols].reshape(rows, cols)
+
+
 def _einsum_in_order() -> bool:
     """Whether einsum("ij->j") adds row after row in float32, as add.reduce(axis=0) does.
 
@@ -113,6 +144,23 @@ def _einsum_in_order() -> bool:
 
 
 _EINSUM_IN_ORDER = _einsum_in_order()
+
+
+def _einsum_products_in_order() -> bool:
+    """Whether einsum("ij,ij->j") adds the rounded products row after row, with no fused multiply-add:
+    checked on products whose rounding shows in the sums."""
+    rng = np.random.default_rng(2)
+    for cols in (8, 61):
+        a = (rng.random((1031, cols)) * 1e3).astype(F32)
+        b = (rng.random((1031, cols)) * 1e3).astype(F32)
+        want = np.cumsum(a * b, axis=0, dtype=F32)[-1]
+        with np.errstate(all="ignore"):
+            if not np.array_equal(np.einsum("ij,ij->j", a, b), want):
+                return False
+    return True
+
+
+_EINSUM2_IN_ORDER = _einsum_products_in_order()
 
 
 class _Source:
@@ -245,9 +293,9 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     s_max = sub_rows * w
     pbuf = _scratch(scratch, "p", (K, _padded(s_max)), F32)[:, :s_max]
     # scratch of the (element, tensor) passes, reused sub-block after sub-block (and batch after batch)
-    tbuf = _scratch(scratch, "t", (s_max, K), F32)
+    tbuf = _scratch(scratch, "t", (s_max + 1, K), F32)  # + 1: pass 2's row of chain seeds
     vbuf = _scratch(scratch, "v", (s_max, K), F32)
-    sbuf = _scratch(scratch, "s", (s_max, K), F32)
+    sbuf = _scratch(scratch, "s", (s_max + 1, K), F32)
     tile = next(t for t in (16, 8, 4, 2, 1) if w % t == 0)
     fds: dict[str, int] = {}
     full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
@@ -281,7 +329,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 check_stamp(fds[src.slice.path], src.slice)
 
     athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
-    gbuf = _scratch(scratch, "g", (K, s_max), np.bool_)
+    gbuf = _scratch(scratch, "g", (K, s_max), np.bool_).reshape(-1)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
     n_pending = 0
 
@@ -314,8 +362,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 cand = rmin <= ACTIVE_THRESHOLD
                 n_cand = int(np.count_nonzero(cand))
                 if 4 * n_cand > cand.size:  # most rows: the whole sub-block, no row copies
-                    le = np.less_equal(r3, athr[:, s0:s1, None], out=gbuf[:, : m * w].reshape(K, m, w))
-                    inactive += np.add.reduce(le.view(np.uint8).reshape(K, m * w), axis=1, dtype=np.int32)
+                    le = np.less_equal(r3, athr[:, s0:s1, None], out=_flat2(gbuf, K, m * w).reshape(K, m, w))
+                    inactive += _row_counts(le.reshape(K, m * w))
                 elif n_cand:
                     ks, rs = np.divmod(np.flatnonzero(cand), m)
                     le = r3[ks, rs] <= athr[ks, s0 + rs][:, None]
@@ -356,7 +404,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 if K > 1:
                     # column j times column j + 1 as one contiguous multiply of the flat matrix shifted by
                     # one element (the last column pairs across rows: unused)
-                    pr = sbuf[:L]
+                    pr = vt  # free again: the sums of v and v^2 are done
                     flat, pflat = rt.reshape(-1), pr.reshape(-1)
                     np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
                     pflat[-1] = 0
@@ -414,32 +462,31 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             if ok.any():
                 for s0, s1, raw, dead_rows in blocks():
                     L = (s1 - s0) * w
-                    vals = vbuf.reshape(-1)[: K * L].reshape(K, L)
-                    np.divide(raw.reshape(K, s1 - s0, w), cnt[:, s0:s1, None], out=vals.reshape(K, s1 - s0, w))
-                    # a count along rows via uint8 sums: twice as fast as count_nonzero(axis=1)
-                    ge = np.greater_equal(vals, vstar[:, None], out=gbuf[:, :L]).view(np.uint8)  # skipped rows: 0 < v*
-                    zcount += np.add.reduce(ge, axis=1, dtype=np.int32)
-                    # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix
+                    vals = raw  # in place: the block is read again for the next pass, if any
+                    r3 = raw.reshape(K, s1 - s0, w)
+                    np.divide(r3, cnt[:, s0:s1, None], out=r3)
+                    ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
+                    zcount += _row_counts(ge)
+                    # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
+                    # continues the chains: their last value times 1
                     pk = pbuf[:, :L]
                     np.divide(vals, safe_total[:, None], out=pk)
-                    # a p of 0 (llama skips it) becomes 1: 1 * log2(1) = +0.0 leaves the chain as it is
-                    # (a chain here is never -0.0: its terms are < 0, or +0.0)
+                    # a p of 0, which llama skips: in the rows it skips, 1 * log2(1) = +0.0; elsewhere
+                    # 0 * log2(tiny) = -0.0. Either leaves a chain as it is (a chain here is never -0.0: its
+                    # terms are < 0, or +0.0)
                     if dead_rows.any():
                         pk.reshape(K, s1 - s0, w)[dead_rows] = 1
-                    for k in zero_cols:
-                        np.copyto(pk[k], F32(1), where=pk[k] == 0)
-                    pt = tbuf[:L]
-                    np.copyto(pt, pk.T)
-                    q = sbuf[:L]
-                    np.log2(pt, out=q)
-                    np.multiply(q, pt, out=q)
-                    new = _chain(q, ent)
-                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere
-                        # some p is 0 (0 * log2(0) = NaN), which llama skips: 0 * log2(tiny) = -0.0 leaves
-                        # the chain as it is
-                        np.log2(np.maximum(pt, _TINY, out=q), out=q)
-                        np.multiply(q, pt, out=q)
-                        new = _chain(q, ent)
+                    pt = tbuf[: L + 1]
+                    np.copyto(pt[1:], pk.T)
+                    q = sbuf[: L + 1]
+                    if zero_cols.size:
+                        np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
+                    else:
+                        np.log2(pt[1:], out=q[1:])
+                    new = _chain_products(q, pt, ent)
+                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN
+                        np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
+                        new = _chain_products(q, pt, ent)
                     ent = new
                     d = np.subtract(vals, mean[:, None], out=vals)
                     if need_scale:
