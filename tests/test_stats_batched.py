@@ -111,6 +111,24 @@ def test_without_einsum_shortcuts(monkeypatch):
             assert getattr(t, f) == getattr(ref[t.name], f), (t.name, f)
 
 
+@pytest.mark.parametrize("sub,width", [(1 << 18, 256), (60, 4)])
+def test_top_channels_ties_go_to_the_lower_index(monkeypatch, sub, width):
+    monkeypatch.setattr(batched, "SUB_ELEMENTS", sub)
+    monkeypatch.setattr(batched, "MIN_WIDTH", width)
+    flat = np.full((4, 40), 2.0, np.float32)
+    peaks = np.ones((4, 40), np.float32)
+    peaks[[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [39, 5, 30, 0, 1, 2, 3, 4, 5, 6]] = 9.0  # ten equal peaks
+    counts = np.array([1.0, 1.0, 0.0, 1.0])  # row 2 is never hit: its zeros stay out
+    im = Imatrix(entries={"blk.0.ffn_up_exps.weight": Entry.from_arrays("blk.0.ffn_up_exps.weight", flat, counts),
+                          "blk.1.ffn_up_exps.weight": Entry.from_arrays("blk.1.ffn_up_exps.weight", peaks, counts)},
+                 datasets=["s"], chunk_count=1, chunk_size=512)
+    report = compute_stats(im)
+    assert report.tensor("blk.0.ffn_up_exps.weight").top_channels == list(range(8))
+    assert report.tensor("blk.0.ffn_up_exps.weight").top_values == [2.0] * 8
+    # flat indices expert * 40 + channel, in index order among equals: 39, 45, 70, 120, 121, 122, 123, 124
+    assert report.tensor("blk.1.ffn_up_exps.weight").top_channels == [39, 45, 70, 120, 121, 122, 123, 124]
+
+
 def test_row_counts_packs_eight_booleans_a_word():
     rng = np.random.default_rng(5)
     for n in (8, 2040, 2048, 4096, 8 * 255 * 3 + 8, 13):

@@ -283,9 +283,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
     top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
     kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
-    # the value to beat to enter a tensor's top list (+inf: no list wanted)
-    top_thr = np.where(real & (kk > 0), -np.inf, np.inf).astype(F32)
-    # the (tensor, element) matrices that get transposed have a row stride of an odd multiple of 64 bytes:
+    rmax_all = np.empty((K, rows), F32)  # each row's largest v (-inf: a row llama skips)
     # with a multiple of 4096 (7168-wide experts, two rows) every row maps to the same cache sets and
     # the transposing copy runs 2.5x slower
     l_max = rows_per_block * w
@@ -331,18 +329,6 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
     gbuf = _scratch(scratch, "g", (K, s_max), np.bool_).reshape(-1)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
-    n_pending = 0
-
-    def merge_pending() -> None:
-        nonlocal n_pending
-        if not pending:
-            return
-        g, v, i = (np.concatenate(a) for a in zip(*pending))
-        pending.clear()
-        n_pending = 0
-        hit = np.flatnonzero(np.bincount(g, minlength=K))
-        _top_merge(top_v, top_i, hit, g, v, i)
-        top_thr[hit] = top_v[hit, kk[hit] - 1]
 
     try:
         with np.errstate(all="ignore"):
@@ -373,21 +359,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     if ks.size:
                         vk = r3[ks, rs] / c[ks, rs][:, None]
                         np.add.at(zeros, ks, np.add.reduce((vk == 0).view(np.uint8), axis=1, dtype=np.int32))
-                # only the rows whose largest v can enter their tensor's top list
-                ks, rs = np.divmod(np.flatnonzero((rmax > top_thr[:, None]) & ~dead_rows), m)
-                if ks.size:
-                    vk = r3[ks, rs] / c[ks, rs][:, None]
-                    beat = top_thr[ks]
-                    filling = bool(np.any(beat == -np.inf))
-                    if filling and w > TOP_CHANNELS:
-                        # lists not yet full (the first blocks): only a row's 8 largest can enter
-                        kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
-                        beat = np.maximum(beat, np.nextafter(kth, F32(-np.inf), dtype=F32))  # v >= kth
-                    gi, gj = np.divmod(np.flatnonzero(vk > beat[:, None]), w)  # 2-D nonzero is ~10x slower
-                    pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
-                    n_pending += gi.size
-                    if filling or n_pending > 4096:  # merged now and then: each merge sorts
-                        merge_pending()
+                rmax_all[:, s0:s1] = np.where(dead_rows, -np.inf, rmax)
                 # the float32 chains, on (element, tensor) matrices
                 L = m * w
                 rt = tbuf[:L]
@@ -412,7 +384,6 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 np.multiply(rt, rt, out=rt)
                 mag = _chain(rt, mag)
 
-            merge_pending()
             mean = np.zeros(K, F32)
             dev = np.zeros(K, F32)
             ok = np.zeros(K, bool)
@@ -459,6 +430,12 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
             need_scale = bool(np.any(scale != 1))
             zero_cols = np.flatnonzero(zeros)  # tensors with some v exactly 0 (dead channels)
+            # a tensor's top values lie in its rows of the largest row maxima (kk of them, ties included):
+            # a row below them has kk rows whose maxima beat its every value
+            top_rows = np.zeros((K, rows), bool)
+            for k in np.flatnonzero(real & ok & (kk > 0)):
+                kth = np.partition(rmax_all[k], rows - kk[k])[rows - kk[k]] if rows > kk[k] else -np.inf
+                top_rows[k] = (rmax_all[k] >= kth) & live[k]
             if ok.any():
                 for s0, s1, raw, dead_rows in blocks():
                     L = (s1 - s0) * w
@@ -467,24 +444,35 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                     np.divide(r3, cnt[:, s0:s1, None], out=r3)
                     ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
                     zcount += _row_counts(ge)
+                    ks, rs = np.nonzero(top_rows[:, s0:s1])
+                    if ks.size:  # a few rows a tensor: their values from their own kth largest up
+                        vk = r3[ks, rs]
+                        take = np.ones(vk.shape, bool)
+                        if w > TOP_CHANNELS:
+                            kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
+                            take = vk >= kth[:, None]
+                        gi, gj = np.nonzero(take)
+                        pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
                     # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
                     # continues the chains: their last value times 1
                     pk = pbuf[:, :L]
                     np.divide(vals, safe_total[:, None], out=pk)
-                    # a p of 0, which llama skips: in the rows it skips, 1 * log2(1) = +0.0; elsewhere
-                    # 0 * log2(tiny) = -0.0. Either leaves a chain as it is (a chain here is never -0.0: its
-                    # terms are < 0, or +0.0)
+                    # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
+                    # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
+                    # < 0, or +0.0)
                     if dead_rows.any():
                         pk.reshape(K, s1 - s0, w)[dead_rows] = 1
+                    if zero_cols.size:  # only the tensors that have zeros
+                        zp = pk[zero_cols]
+                        zp[zp == 0] = 1
+                        pk[zero_cols] = zp
                     pt = tbuf[: L + 1]
                     np.copyto(pt[1:], pk.T)
                     q = sbuf[: L + 1]
-                    if zero_cols.size:
-                        np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
-                    else:
-                        np.log2(pt[1:], out=q[1:])
+                    np.log2(pt[1:], out=q[1:])
                     new = _chain_products(q, pt, ent)
-                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN
+                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
+                        # 0 * log2(tiny) = -0.0 leaves the chain as it is
                         np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
                         new = _chain_products(q, pt, ent)
                     ent = new
@@ -501,6 +489,9 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         m2[k] -= nd[k] * mu * mu
                         m3[k] -= nd[k] * -(mu**3)
                         m4[k] -= nd[k] * mu**4
+                if pending:
+                    g, v, i = (np.concatenate(a) for a in zip(*pending))
+                    _top_merge(top_v, top_i, np.unique(g), g, v, i)
     finally:
         for fd in fds.values():
             os.close(fd)
