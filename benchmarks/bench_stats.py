@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.file, "rb") as f:  # warm the page cache: every run reads from memory
         while f.read(1 << 24):
             pass
+    # imatui's bytecode, as an installed package has it (pip compiles at install; an editable install
+    # writes it on first import, unless PYTHONDONTWRITEBYTECODE is set, as in some sandboxes)
+    import compileall
+
+    import imatui
+
+    compileall.compile_dir(Path(imatui.__file__).parent, quiet=1)
     py = sys.executable
     commands = {
         "baseline (numpy memmap, one summing pass)": [py, "-c", BASELINE, str(args.file)],
