@@ -327,6 +327,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 check_stamp(fds[src.slice.path], src.slice)
 
     athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
+    # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
+    ctile = np.tile(cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
     gbuf = _scratch(scratch, "g", (K, s_max), np.bool_).reshape(-1)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
 
@@ -365,9 +367,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 rt = tbuf[:L]
                 np.copyto(rt, raw.T)
                 vt = vbuf[:L]
-                # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
-                np.divide(rt.reshape(m, w // tile, tile * K),
-                          np.tile(c.T[:, None, :], (1, 1, tile)), out=vt.reshape(m, w // tile, tile * K))
+                # v = fl(raw / count), on the (element, tensor) matrix
+                np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
                 row0 = vt[0].copy()  # _chain adds the running sum into the first row
                 total = _chain(vt, total)
                 vt[0] = row0
