@@ -275,15 +275,14 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     sqr = np.zeros(K, F32)
     mag = np.zeros(K, F32)
     dp = np.zeros(K, F32)  # dp[j]: column j with column j + 1
-    vmin = np.full(K, np.inf, F32)
-    vmax = np.full(K, -np.inf, F32)
     inactive = np.zeros(K, np.int64)
     zeros = np.zeros(K, np.int64)
     # each tensor's largest values so far, best first (ties: the lower index), padded with -inf
     top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
     top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
     kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
-    rmax_all = np.empty((K, rows), F32)  # each row's largest v (-inf: a row llama skips)
+    rawmax = np.empty((K, rows), F32)  # each row's largest and smallest raw value
+    rawmin = np.empty((K, rows), F32)
     # with a multiple of 4096 (7168-wide experts, two rows) every row maps to the same cache sets and
     # the transposing copy runs 2.5x slower
     l_max = rows_per_block * w
@@ -299,7 +298,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
 
     def blocks():
-        """(s0, s1, raw, dead): sub-blocks of rows s0..s1, raw (K, (s1 - s0) * w) a view of the read block."""
+        """(r0, r1, raw, dead): read blocks of rows r0..r1, raw (K, (r1 - r0) * w) a view of buf."""
         for r0 in range(0, rows, rows_per_block):
             if cancelled is not None and cancelled():
                 raise InterruptedError("statistics cancelled")
@@ -318,13 +317,17 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         raise TruncatedError("the file ends inside its tensor data", src.slice.path)
                 else:
                     src.read_into(raw[k], e0, fds)
-            for s0 in range(r0, r1, sub_rows):
-                s1 = min(r1, s0 + sub_rows)
-                yield s0, s1, raw[:, (s0 - r0) * w : (s1 - r0) * w], ~live[:, s0:s1]
+            yield r0, r1, raw, ~live[:, r0:r1]
         # a file rewritten while we read it (llama-imatrix rewrites in place) must not give numbers
         for src in sources:
             if src.slice is not None:
                 check_stamp(fds[src.slice.path], src.slice)
+
+    def subs(r0: int, r1: int, raw: np.ndarray):
+        """(s0, s1, part): the sub-blocks of a read block, part (K, (s1 - s0) * w) a view of raw."""
+        for s0 in range(r0, r1, sub_rows):
+            s1 = min(r1, s0 + sub_rows)
+            yield s0, s1, raw[:, (s0 - r0) * w : (s1 - r0) * w]
 
     athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
     # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
@@ -335,55 +338,57 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     try:
         with np.errstate(all="ignore"):
             # pass 1: Σ, Σv², min, max, % active, zeros, CosSim inner products, top channels
-            for s0, s1, raw, dead_rows in blocks():
-                m = s1 - s0
-                c = cnt[:, s0:s1]  # (K, rows): one count per row, inf for a row llama skips
+            for r0, r1, raw, dead_rows in blocks():
+                for s0, s1, part in subs(r0, r1, raw):
+                    m = s1 - s0
+                    p3 = part.reshape(K, m, w)
+                    p3.max(axis=2, out=rawmax[:, s0:s1])  # v = fl(raw / c) is monotone in raw
+                    p3.min(axis=2, out=rawmin[:, s0:s1])
+                    # the float32 chains, on (element, tensor) matrices
+                    L = m * w
+                    rt = tbuf[:L]
+                    np.copyto(rt, part.T)
+                    vt = vbuf[:L]
+                    # v = fl(raw / count), on the (element, tensor) matrix
+                    np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
+                    row0 = vt[0].copy()  # _chain adds the running sum into the first row
+                    total = _chain(vt, total)
+                    vt[0] = row0
+                    np.multiply(vt, vt, out=vt)  # in place: half the memory traffic of a second matrix
+                    sqr = _chain(vt, sqr)
+                    if K > 1:
+                        # column j times column j + 1 as one contiguous multiply of the flat matrix shifted
+                        # by one element (the last column pairs across rows: unused)
+                        pr = vt  # free again: the sums of v and v^2 are done
+                        flat, pflat = rt.reshape(-1), pr.reshape(-1)
+                        np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
+                        pflat[-1] = 0
+                        dp = _chain(pr, dp)
+                    np.multiply(rt, rt, out=rt)
+                    mag = _chain(rt, mag)
+                # % active and dead channels, read block by read block: only rows with a v <= 1e-5 count
+                m = r1 - r0
+                c = cnt[:, r0:r1]
                 r3 = raw.reshape(K, m, w)
-                # v = fl(raw / c) is monotone in raw: min and max of a row come from the raw ones
-                rmax = r3.max(axis=2) / c  # (K, rows): each row's largest v (v is monotone in raw)
-                rmin = np.where(dead_rows, np.inf, r3.min(axis=2) / c)
-                bmax = rmax.max(axis=1)
-                bmin = rmin.min(axis=1)
-                vmax = np.maximum(vmax, bmax)
-                vmin = np.minimum(vmin, bmin)
-                # % active: v <= 1e-5 is raw <= athr, each row's raw threshold (rows llama skips have rmin = inf)
+                rmin = np.where(dead_rows, np.inf, rawmin[:, r0:r1] / c)
                 cand = rmin <= ACTIVE_THRESHOLD
                 n_cand = int(np.count_nonzero(cand))
-                if 4 * n_cand > cand.size:  # most rows: the whole sub-block, no row copies
-                    le = np.less_equal(r3, athr[:, s0:s1, None], out=_flat2(gbuf, K, m * w).reshape(K, m, w))
+                if 4 * n_cand > cand.size:  # most rows: the whole block, no row copies
+                    le = np.less_equal(r3, athr[:, r0:r1, None], out=_flat2(gbuf, K, m * w).reshape(K, m, w))
                     inactive += _row_counts(le.reshape(K, m * w))
-                elif n_cand:
+                elif n_cand:  # v <= 1e-5 is raw <= athr, each row's raw threshold
                     ks, rs = np.divmod(np.flatnonzero(cand), m)
-                    le = r3[ks, rs] <= athr[ks, s0 + rs][:, None]
+                    le = r3[ks, rs] <= athr[ks, r0 + rs][:, None]
                     np.add.at(inactive, ks, np.add.reduce(le.view(np.uint8), axis=1, dtype=np.int32))
                 if n_cand:  # dead channels: v == 0
                     ks, rs = np.divmod(np.flatnonzero(rmin == 0), m)
                     if ks.size:
                         vk = r3[ks, rs] / c[ks, rs][:, None]
                         np.add.at(zeros, ks, np.add.reduce((vk == 0).view(np.uint8), axis=1, dtype=np.int32))
-                rmax_all[:, s0:s1] = np.where(dead_rows, -np.inf, rmax)
-                # the float32 chains, on (element, tensor) matrices
-                L = m * w
-                rt = tbuf[:L]
-                np.copyto(rt, raw.T)
-                vt = vbuf[:L]
-                # v = fl(raw / count), on the (element, tensor) matrix
-                np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
-                row0 = vt[0].copy()  # _chain adds the running sum into the first row
-                total = _chain(vt, total)
-                vt[0] = row0
-                np.multiply(vt, vt, out=vt)  # in place: half the memory traffic of a second matrix
-                sqr = _chain(vt, sqr)
-                if K > 1:
-                    # column j times column j + 1 as one contiguous multiply of the flat matrix shifted by
-                    # one element (the last column pairs across rows: unused)
-                    pr = vt  # free again: the sums of v and v^2 are done
-                    flat, pflat = rt.reshape(-1), pr.reshape(-1)
-                    np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
-                    pflat[-1] = 0
-                    dp = _chain(pr, dp)
-                np.multiply(rt, rt, out=rt)
-                mag = _chain(rt, mag)
+            # each row's largest and smallest v; the rows llama skips take no part
+            rmax_all = np.where(live, rawmax / cnt, -np.inf)
+            vmax = rmax_all.max(axis=1)
+            vmin = np.where(live, rawmin / cnt, np.inf).min(axis=1)
 
             mean = np.zeros(K, F32)
             dev = np.zeros(K, F32)
@@ -438,58 +443,59 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                 kth = np.partition(rmax_all[k], rows - kk[k])[rows - kk[k]] if rows > kk[k] else -np.inf
                 top_rows[k] = (rmax_all[k] >= kth) & live[k]
             if ok.any():
-                for s0, s1, raw, dead_rows in blocks():
-                    L = (s1 - s0) * w
-                    vals = raw  # in place: the block is read again for the next pass, if any
-                    r3 = raw.reshape(K, s1 - s0, w)
-                    np.divide(r3, cnt[:, s0:s1, None], out=r3)
-                    ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
-                    zcount += _row_counts(ge)
-                    ks, rs = np.nonzero(top_rows[:, s0:s1])
-                    if ks.size:  # a few rows a tensor: their values from their own kth largest up
-                        vk = r3[ks, rs]
-                        take = np.ones(vk.shape, bool)
-                        if w > TOP_CHANNELS:
-                            kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
-                            take = vk >= kth[:, None]
-                        gi, gj = np.nonzero(take)
-                        pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
-                    # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
-                    # continues the chains: their last value times 1
-                    pk = pbuf[:, :L]
-                    np.divide(vals, safe_total[:, None], out=pk)
-                    # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
-                    # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
-                    # < 0, or +0.0)
-                    if dead_rows.any():
-                        pk.reshape(K, s1 - s0, w)[dead_rows] = 1
-                    if zero_cols.size:  # only the tensors that have zeros
-                        zp = pk[zero_cols]
-                        zp[zp == 0] = 1
-                        pk[zero_cols] = zp
-                    pt = tbuf[: L + 1]
-                    np.copyto(pt[1:], pk.T)
-                    q = sbuf[: L + 1]
-                    np.log2(pt[1:], out=q[1:])
-                    new = _chain_products(q, pt, ent)
-                    if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
-                        # 0 * log2(tiny) = -0.0 leaves the chain as it is
-                        np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
+                for r0, r1, raw, dead_block in blocks():
+                    for s0, s1, vals in subs(r0, r1, raw):
+                        dead_rows = dead_block[:, s0 - r0 : s1 - r0]
+                        L = (s1 - s0) * w
+                        r3 = vals.reshape(K, s1 - s0, w)  # v, in place: each pass reads the file again
+                        np.divide(r3, cnt[:, s0:s1, None], out=r3)
+                        ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
+                        zcount += _row_counts(ge)
+                        ks, rs = np.nonzero(top_rows[:, s0:s1])
+                        if ks.size:  # a few rows a tensor: their values from their own kth largest up
+                            vk = r3[ks, rs]
+                            take = np.ones(vk.shape, bool)
+                            if w > TOP_CHANNELS:
+                                kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
+                                take = vk >= kth[:, None]
+                            gi, gj = np.nonzero(take)
+                            pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
+                        # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
+                        # continues the chains: their last value times 1
+                        pk = pbuf[:, :L]
+                        np.divide(vals, safe_total[:, None], out=pk)
+                        # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
+                        # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
+                        # < 0, or +0.0)
+                        if dead_rows.any():
+                            pk.reshape(K, s1 - s0, w)[dead_rows] = 1
+                        if zero_cols.size:  # only the tensors that have zeros
+                            zp = pk[zero_cols]
+                            zp[zp == 0] = 1
+                            pk[zero_cols] = zp
+                        pt = tbuf[: L + 1]
+                        np.copyto(pt[1:], pk.T)
+                        q = sbuf[: L + 1]
+                        np.log2(pt[1:], out=q[1:])
                         new = _chain_products(q, pt, ent)
-                    ent = new
-                    d = np.subtract(vals, mean[:, None], out=vals)
-                    if need_scale:
-                        np.divide(d, scale[:, None], out=d)
-                    d2 = np.multiply(d, d, out=pk)
-                    m2 += _rowdot(d, d)
-                    m3 += _rowdot(d2, d)
-                    m4 += _rowdot(d2, d2)
-                    nd = dead_rows.sum(axis=1) * w
-                    for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
-                        mu = float(mean[k]) / float(scale[k])
-                        m2[k] -= nd[k] * mu * mu
-                        m3[k] -= nd[k] * -(mu**3)
-                        m4[k] -= nd[k] * mu**4
+                        if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
+                            # 0 * log2(tiny) = -0.0 leaves the chain as it is
+                            np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
+                            new = _chain_products(q, pt, ent)
+                        ent = new
+                        d = np.subtract(vals, mean[:, None], out=vals)
+                        if need_scale:
+                            np.divide(d, scale[:, None], out=d)
+                        d2 = np.multiply(d, d, out=pk)
+                        m2 += _rowdot(d, d)
+                        m3 += _rowdot(d2, d)
+                        m4 += _rowdot(d2, d2)
+                nd = (~live).sum(axis=1) * w
+                for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
+                    mu = float(mean[k]) / float(scale[k])
+                    m2[k] -= nd[k] * mu * mu
+                    m3[k] -= nd[k] * -(mu**3)
+                    m4[k] -= nd[k] * mu**4
                 if pending:
                     g, v, i = (np.concatenate(a) for a in zip(*pending))
                     _top_merge(top_v, top_i, np.unique(g), g, v, i)
