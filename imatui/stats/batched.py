@@ -11,8 +11,17 @@ which lets the rows of experts never hit (count 0, skipped by llama) stay in pla
 
 Two passes per batch, each reading the tensors block by block (never a whole file in memory): the
 first gives Σ, Σv², min, max, counts and the CosSim inner products, the second (which needs Σ, μ
-and σ) the entropy, ZD and the moments for skewness and kurtosis. Batches run on a small thread pool;
-numpy releases the GIL inside its loops.
+and σ) the entropy, ZD, the top channels and the moments for skewness and kurtosis. A read block
+(8 MB) is computed on in sub-blocks of 2^18 floats, so that numpy's sweeps stay in a core's L2 cache;
+each tensor's rows are cut into pieces of w elements (w divides a row, and the pieces share the row's
+count) so that even 7168-wide experts fit. Where the per-element chains allow, one numpy call does
+two jobs: einsum("ij,ij->j") rounds each product and adds in row order (checked at import), booleans
+are counted eight to a 64-bit word, BLAS dot products give the moments.
+
+numpy releases the GIL only inside its loops, so threads wait for each other between calls (two
+threads on two cores do the work of ~1.6). The CLI, a single-threaded caller, forks worker processes
+that take shares of the batches and send their results back by pipe (run_all's `fork`); the app,
+which has threads of its own, uses a thread pool with larger sub-blocks (fewer calls, less waiting).
 """
 
 from __future__ import annotations
