@@ -435,6 +435,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             m2 = np.zeros(K)
             m3 = np.zeros(K)
             m4 = np.zeros(K)
+            m1 = np.zeros(K)  # llama's float32 μ is off by its sum's rounding: the moments are re-centred
+            ones = np.ones(s_max, F32)
             safe_total = np.where(total > 0, total, F32(1)).astype(F32)
             safe_dev = np.where(dev > 0, dev, F32(1)).astype(F32)
             # llama counts fl(fl(v - μ) / σ) > 1; that is monotone in v, so it is v >= v* for one v*
@@ -496,12 +498,14 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         if need_scale:
                             np.divide(d, scale[:, None], out=d)
                         d2 = np.multiply(d, d, out=pk)
+                        m1 += _rowdot(d, ones[:L])
                         m2 += _rowdot(d, d)
                         m3 += _rowdot(d2, d)
                         m4 += _rowdot(d2, d2)
                 nd = (~live).sum(axis=1) * w
                 for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
                     mu = float(mean[k]) / float(scale[k])
+                    m1[k] -= nd[k] * -mu
                     m2[k] -= nd[k] * mu * mu
                     m3[k] -= nd[k] * -(mu**3)
                     m4[k] -= nd[k] * mu**4
@@ -539,7 +543,11 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         r.entropy = float(entropy)
         r.entropy_norm = float(F32(entropy / F32(math.log2(nl)))) if nl > 1 else 0.0
         r.zd = float(F32(F32(zcount[k] if dev[k] > 0 else 0) / nf))
-        c2, c3, c4 = m2[k] / nl, m3[k] / nl, m4[k] / nl
+        # moments about the exact mean from those about μ (δ = exact mean - μ, tiny against σ)
+        dl, e2, e3, e4 = m1[k] / nl, m2[k] / nl, m3[k] / nl, m4[k] / nl
+        c2 = e2 - dl * dl
+        c3 = e3 - 3 * dl * e2 + 2 * dl**3
+        c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
         if dev[k] > 0 and c2 > 0 and math.isfinite(c3) and math.isfinite(c4):
             r.skewness = float(c3 / c2**1.5)
             r.kurtosis = float(c4 / (c2 * c2) - 3.0)
@@ -596,7 +604,7 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Each row of a with the same row of b (float32; BLAS-fast np.vecdot where numpy has it)."""
     if _VECDOT is not None:
         return _VECDOT(a, b)
-    return np.einsum("ij,ij->i", a, b)
+    return np.einsum("ij,j->i" if b.ndim == 1 else "ij,ij->i", a, b)
 
 
 _VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
