@@ -61,8 +61,8 @@ def reference(im: Imatrix) -> dict:
     return out
 
 
-@pytest.mark.parametrize("columns,block,sub,width", [(48, 1 << 19, 1 << 18, 256), (5, 64, 32, 4), (9, 16, 16, 2),
-                                                   (2, 1, 1, 1), (13, 4096, 100, 3)])
+@pytest.mark.parametrize("columns,block,sub,width", [(48, 1 << 19, 1 << 18, 256), (2, 1 << 19, 1 << 18, 256),
+                                                   (5, 64, 32, 4), (9, 16, 16, 2), (2, 1, 1, 1), (13, 4096, 100, 3)])
 def test_batched_equals_reference(monkeypatch, columns, block, sub, width):
     """Batches, read blocks and sub-blocks of many sizes; rows cut into pieces of at least `width`."""
     monkeypatch.setattr(batched, "MAX_COLUMNS", columns)
@@ -143,6 +143,29 @@ def test_moments_about_the_exact_mean():
     assert t.skewness == pytest.approx((d**3).mean() / (d**2).mean() ** 1.5, rel=1e-6)
     # float32 dot products of d^4 (in blocks of ~2^18) leave a few 1e-6 on the kurtosis
     assert t.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=2e-5)
+
+
+def test_read_blocks_larger_than_sub_blocks(monkeypatch):
+    """Four rows read at a time, computed on one at a time; every row has values <= 1e-5, so % active is
+    counted over whole read blocks (and dead channels: exact zeros)."""
+    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", 4 * 4 * 64)
+    monkeypatch.setattr(batched, "SUB_ELEMENTS", 4 * 64)
+    monkeypatch.setattr(batched, "MIN_WIDTH", 64)
+    rng = np.random.default_rng(8)
+    entries = {}
+    for blk in range(4):
+        counts = rng.integers(1, 50, 8).astype(np.float64)
+        sums2 = rng.lognormal(0, 2, (8, 64)).astype(np.float32) * counts[:, None].astype(np.float32)
+        sums2[:, :10] *= 1e-9
+        sums2[:, 20] = 0
+        name = f"blk.{blk}.ffn_up_exps.weight"
+        entries[name] = Entry.from_arrays(name, sums2, counts)
+    im = Imatrix(entries=entries, datasets=["s"], chunk_count=1, chunk_size=512)
+    ref = reference(im)
+    for t in compute_stats(im).tensors:
+        assert t.active == ref[t.name].active and t.dead == ref[t.name].dead == 8
+        for f in LLAMA_FIELDS:
+            assert getattr(t, f) == getattr(ref[t.name], f), (t.name, f)
 
 
 def test_row_counts_packs_eight_booleans_a_word():

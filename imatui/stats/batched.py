@@ -51,6 +51,9 @@ BLOCK_ELEMENTS = 1 << 21  # elements read per block: about 8 MB (few syscalls)
 # Xeon that the benchmark runs on, where a sweep over an 8 MB block runs 2-4x slower from L3)
 SUB_ELEMENTS = 1 << 18
 MIN_WIDTH = 256  # narrowest row a tensor's rows are cut into for the sub-blocks
+# threads sharing the GIL wait for each other between numpy calls: fewer, larger ones (1 GB file, 2 threads on
+# 2 cores: 1.28-1.31 s at 2^19, 1.34-1.38 s at 2^18 and at 2^20, 1.46 s at 2^21)
+THREAD_SUB_ELEMENTS = 1 << 19
 _TINY = np.finfo(F32).smallest_subnormal
 _HAS_PREADV = hasattr(os, "preadv")
 
@@ -113,7 +116,7 @@ def _chain_products(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray
     """
     a[0] = acc
     b[0] = 1
-    if _EINSUM2_IN_ORDER:
+    if _EINSUM2_IN_ORDER and a.shape[1] >= 8:  # (narrower: einsum's loop for few columns may reorder)
         return np.einsum("ij,ij->j", a, b)
     np.multiply(a, b, out=a)
     return _chain(a[1:], acc)
@@ -253,7 +256,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
 
     `scratch`: block buffers kept from an earlier batch of the same thread (filled in here).
     `sub_elements`: elements computed on at a time (default SUB_ELEMENTS). Threads sharing the GIL
-    want fewer, larger numpy calls (BLOCK_ELEMENTS): with L2-sized ones they wait on each other.
+    want fewer, larger numpy calls (THREAD_SUB_ELEMENTS).
     """
     if sub_elements is None:
         sub_elements = SUB_ELEMENTS
@@ -341,7 +344,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
     # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
     ctile = np.tile(cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
-    gbuf = _scratch(scratch, "g", (K, s_max), np.bool_).reshape(-1)
+    gbuf = _scratch(scratch, "g", (K, l_max), np.bool_).reshape(-1)  # a read block (l_max >= s_max)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
 
     try:
@@ -707,7 +710,7 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
         return stop.is_set() or (cancelled is not None and cancelled())
 
     scratch: dict[int, dict] = {}  # per thread
-    sub = SUB_ELEMENTS if threads == 1 or len(batches) == 1 else BLOCK_ELEMENTS
+    sub = SUB_ELEMENTS if threads == 1 or len(batches) == 1 else THREAD_SUB_ELEMENTS
 
     def work(cols: list[Column]) -> list[TensorResult]:
         res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}), sub)
