@@ -145,6 +145,42 @@ def test_moments_about_the_exact_mean():
     assert t.kurtosis == pytest.approx((d**4).mean() / (d**2).mean() ** 2 - 3, rel=2e-5)
 
 
+def test_cossim_with_a_partner_of_another_shape_and_the_same_size():
+    """llama compares the flat vectors of blk N and blk N-1 whenever their sizes agree."""
+    rng = np.random.default_rng(4)
+    shapes = {0: (2, 24), 1: (6, 8), 2: (6, 8), 3: (4, 8)}
+    entries = {}
+    for blk, (n_mat, n_in) in shapes.items():
+        name = f"blk.{blk}.ffn_up_exps.weight"
+        counts = rng.integers(1, 30, n_mat).astype(np.float64)
+        entries[name] = Entry.from_arrays(name, rng.random((n_mat, n_in)).astype(np.float32) * 9, counts)
+    im = Imatrix(entries=entries, datasets=["s"], chunk_count=1, chunk_size=512)
+    ref, report = reference(im), compute_stats(im)
+    for blk in (1, 2):  # another shape of the same size, then the same shape
+        name = f"blk.{blk}.ffn_up_exps.weight"
+        assert report.tensor(name).cossim == ref[name].cossim and ref[name].cossim is not None
+    assert report.tensor("blk.3.ffn_up_exps.weight").cossim is None  # 32 values after 48: none
+
+
+def test_moments_ignore_the_rows_llama_skips():
+    """Two experts hit (values 1/58 and 1/55: skewness 0, kurtosis -2) and one never hit: its zeros stand
+    at 38 σ from the mean and must not reach the float32 sums of d^3 and d^4."""
+    sums2 = np.ones((3, 257), np.float32)
+    counts = np.array([55.0, 0.0, 58.0])
+    e = Entry.from_arrays("blk.0.ffn_up_exps.weight", sums2, counts)
+    t = compute_stats(Imatrix(entries={e.name: e}, datasets=["s"], chunk_count=1, chunk_size=512)).tensor(e.name)
+    assert t.n == 514
+    assert abs(t.skewness) < 1e-6  # it was -0.00106
+    assert t.kurtosis == pytest.approx(-2.0, abs=1e-6)
+
+
+def test_moments_undefined_for_equal_values():
+    sums2 = np.full((2, 64), 3.0, np.float32)
+    e = Entry.from_arrays("blk.0.ffn_down.weight", sums2, np.array([3.0, 3.0]))
+    t = compute_stats(Imatrix(entries={e.name: e}, datasets=["s"], chunk_count=1, chunk_size=512)).tensor(e.name)
+    assert t.min == t.max == 1.0 and t.skewness is None and t.kurtosis is None
+
+
 def test_read_blocks_larger_than_sub_blocks(monkeypatch):
     """Four rows read at a time, computed on one at a time; every row has values <= 1e-5, so % active is
     counted over whole read blocks (and dead channels: exact zeros)."""

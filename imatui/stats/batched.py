@@ -89,7 +89,8 @@ class Column:
     entry: Entry
     prev_adjacent: bool  # the same tensor of block N-1 is the column before (or the batch's helper)
     helper: bool = False  # only read for the next column's CosSim
-    cos_undefined: bool = False  # block N-1 has this tensor in another shape: no CosSim (llama reads past it)
+    cos_undefined: bool = False  # block N-1 has this tensor in another size: no CosSim (llama reads past it)
+    cos_partner: Entry | None = None  # block N-1's tensor, another shape of the same size: CosSim apart
 
 
 def _chain(block: np.ndarray, acc: np.ndarray) -> np.ndarray:
@@ -481,7 +482,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
                         # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
                         # < 0, or +0.0)
-                        if dead_rows.any():
+                        any_dead = bool(dead_rows.any())
+                        if any_dead:
                             pk.reshape(K, s1 - s0, w)[dead_rows] = 1
                         if zero_cols.size:  # only the tensors that have zeros
                             zp = pk[zero_cols]
@@ -498,6 +500,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                             new = _chain_products(q, pt, ent)
                         ent = new
                         d = np.subtract(vals, mean[:, None], out=vals)
+                        if any_dead:  # the rows llama skips add nothing (their -μ would drown small moments)
+                            d.reshape(K, s1 - s0, w)[dead_rows] = 0
                         if need_scale:
                             np.divide(d, scale[:, None], out=d)
                         d2 = np.multiply(d, d, out=pk)
@@ -505,13 +509,6 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         m2 += _rowdot(d, d)
                         m3 += _rowdot(d2, d)
                         m4 += _rowdot(d2, d2)
-                nd = (~live).sum(axis=1) * w
-                for k in np.flatnonzero(nd):  # the zeros of skipped rows added ((0 - μ) / s)^p each
-                    mu = float(mean[k]) / float(scale[k])
-                    m1[k] -= nd[k] * -mu
-                    m2[k] -= nd[k] * mu * mu
-                    m3[k] -= nd[k] * -(mu**3)
-                    m4[k] -= nd[k] * mu**4
                 if pending:
                     g, v, i = (np.concatenate(a) for a in zip(*pending))
                     _top_merge(top_v, top_i, np.unique(g), g, v, i)
@@ -527,6 +524,12 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         # CosSim from the raw inner products (llama's compute_cossim, float32)
         if c.cos_undefined:
             r.cossim = None
+        elif c.cos_partner is not None:  # llama compares the flat vectors: so do we, outside the batch
+            from imatui.stats.tensor import _cos_f32
+
+            flat = [np.ascontiguousarray(e.sums2, dtype=F32).reshape(-1) for e in (c.entry, c.cos_partner)]
+            with np.errstate(all="ignore"):
+                r.cossim = _cos_f32(flat[0], flat[1])
         elif c.prev_adjacent and k > 0:
             ma = np.sqrt(mag[k], dtype=F32)
             mb = np.sqrt(mag[k - 1], dtype=F32)
@@ -551,7 +554,9 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         c2 = e2 - dl * dl
         c3 = e3 - 3 * dl * e2 + 2 * dl**3
         c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
-        if dev[k] > 0 and c2 > 0 and math.isfinite(c3) and math.isfinite(c4):
+        # defined where the values spread: not where they are all equal, and not where the centre's
+        # correction is most of e2 (values equal but for the last bits: c2 would be rounding noise)
+        if dev[k] > 0 and vmax[k] > vmin[k] and c2 > 1e-2 * e2 and math.isfinite(c3) and math.isfinite(c4):
             r.skewness = float(c3 / c2**1.5)
             r.kurtosis = float(c4 / (c2 * c2) - 3.0)
         r.dead = int(zeros[k])
@@ -681,8 +686,10 @@ def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable
             for name in chunk:
                 p = prev_of[name]
                 adjacent = p is not None and (cols[-1].name == p if cols else False)
-                undefined = p is not None and tuple(entries[p].shape) != shape
-                cols.append(Column(name, entries[name], adjacent, cos_undefined=undefined))
+                other = p is not None and tuple(entries[p].shape) != shape
+                undefined = other and entries[p].size != entries[name].size
+                partner = entries[p] if other and not undefined else None
+                cols.append(Column(name, entries[name], adjacent, cos_undefined=undefined, cos_partner=partner))
             batches.append(cols)
     return batches
 

@@ -245,7 +245,7 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
     d = v64 - m64
     d2 = d * d
     m2 = float(d2.mean())
-    if m2 > 0:
+    if m2 > 0 and vmax > vmin:  # all values equal: no shape to describe (m2 would be rounding noise)
         # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
         skew = float(np.dot(d2, d) / d.size / m2**1.5)
         kurt = float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
