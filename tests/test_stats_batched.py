@@ -88,6 +88,59 @@ def test_batched_equals_reference(monkeypatch, columns, block, sub, width):
         assert sorted(t.top_channels) == sorted(r.top_channels)
 
 
+def _random_imatrix(rng: np.random.Generator) -> Imatrix:
+    """Tensors of 1-3 shapes over up to 30 blocks (one in ten with another block's shape), counts with zeros
+    or all equal, skipped rows zeroed or not, dead and inactive channels, and ties."""
+    shapes = [(int(rng.integers(1, 9)), int(rng.choice([1, 3, 8, 16, 24, 40, 96, 257, 512])))
+              for _ in range(int(rng.integers(1, 4)))]
+    entries = {}
+    for blk in range(int(rng.integers(1, 30))):
+        for j, (n_mat, n_in) in enumerate(shapes):
+            if rng.random() < 0.1:
+                n_mat, n_in = shapes[(j + 1) % len(shapes)]
+            counts = rng.integers(0, 60, n_mat).astype(np.float64)
+            if rng.random() < 0.3:
+                counts[:] = rng.integers(1, 60)
+            scale = rng.uniform(0.1, 100)
+            sums2 = (rng.lognormal(0, rng.uniform(0.2, 3), (n_mat, n_in)) * scale).astype(np.float32)
+            sums2 *= counts[:, None].astype(np.float32)
+            if rng.random() < 0.7:
+                sums2[counts == 0] = 0
+            if rng.random() < 0.5:
+                sums2[:, rng.integers(0, n_in, 2)] = 0
+            if rng.random() < 0.5:
+                sums2[:, : max(1, n_in // 10)] *= 1e-9
+            if rng.random() < 0.2:
+                sums2[:] = np.float32(rng.integers(1, 4))
+            name = f"blk.{blk}.t{j}.weight"
+            entries[name] = Entry.from_arrays(name, sums2, counts)
+    return Imatrix(entries=dict(sorted(entries.items())), datasets=["s"], chunk_count=1, chunk_size=512)
+
+
+@pytest.mark.parametrize("seed", [43, 267, 506, 1, 2, 3, 4, 5])
+def test_random_batches_equal_reference(monkeypatch, seed):
+    """Random files and random batch, block and sub-block sizes: every llama column to the bit."""
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(batched, "MAX_COLUMNS", int(rng.integers(1, 70)))
+    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", int(rng.choice([1, 7, 64, 1000, 4096, 1 << 15, 1 << 19])))
+    monkeypatch.setattr(batched, "SUB_ELEMENTS", int(rng.choice([1, 5, 50, 300, 2048, 1 << 14, 1 << 18])))
+    monkeypatch.setattr(batched, "THREAD_SUB_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
+    monkeypatch.setattr(batched, "MIN_WIDTH", int(rng.choice([1, 2, 8, 64, 256])))
+    im = _random_imatrix(rng)
+    ref = reference(im)
+    report = compute_stats(im)
+    assert {t.name for t in report.tensors} == set(ref)
+    for t in report.tensors:
+        r = ref[t.name]
+        for f in LLAMA_FIELDS:
+            assert getattr(t, f) == getattr(r, f), (t.name, f, getattr(t, f), getattr(r, f))
+        assert (t.skewness is None) == (r.skewness is None)
+        if t.skewness is not None:
+            assert abs(t.skewness - r.skewness) <= 1e-5 * max(1.0, abs(r.skewness)), t.name
+            assert abs(t.kurtosis - r.kurtosis) <= 1e-4 * max(1.0, abs(r.kurtosis)), t.name
+        assert t.top_values == pytest.approx(r.top_values, rel=0)
+
+
 def test_threads_do_not_change_anything(monkeypatch):
     monkeypatch.setattr(batched, "MAX_COLUMNS", 4)
     im = synthetic()
