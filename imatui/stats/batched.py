@@ -290,12 +290,13 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     dp = np.zeros(K, F32)  # dp[j]: column j with column j + 1
     inactive = np.zeros(K, np.int64)
     zeros = np.zeros(K, np.int64)
-    # each tensor's largest values so far, best first (ties: the lower index), padded with -inf
+    # each tensor's largest values, best first (ties: the lower index), padded with -inf
     top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
     top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
     kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
     rawmax = np.empty((K, rows), F32)  # each row's largest and smallest raw value
     rawmin = np.empty((K, rows), F32)
+    # the (tensor, element) matrices that get transposed have a row stride of an odd multiple of 64 bytes:
     # with a multiple of 4096 (7168-wide experts, two rows) every row maps to the same cache sets and
     # the transposing copy runs 2.5x slower
     l_max = rows_per_block * w
@@ -350,7 +351,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
 
     try:
         with np.errstate(all="ignore"):
-            # pass 1: Σ, Σv², min, max, % active, zeros, CosSim inner products, top channels
+            # pass 1: Σ, Σv², each row's min and max, % active, zeros, CosSim inner products
             for r0, r1, raw, dead_rows in blocks():
                 for s0, s1, part in subs(r0, r1, raw):
                     m = s1 - s0
@@ -433,7 +434,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             if any(r.error for r in results):
                 return [r for r, c in zip(results, cols) if not c.helper]
 
-            # pass 2: entropy (needs Σ), ZD (needs μ, σ), central moments
+            # pass 2: entropy (needs Σ), ZD (needs μ, σ), top channels (need the row maxima), moments
             ent = np.zeros(K, F32)
             zcount = np.zeros(K, np.int64)
             m2 = np.zeros(K)
