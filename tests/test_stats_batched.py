@@ -227,6 +227,29 @@ def test_moments_ignore_the_rows_llama_skips():
     assert t.kurtosis == pytest.approx(-2.0, abs=1e-6)
 
 
+def test_moments_of_values_equal_but_for_their_last_bits():
+    """1.1 and the next few floats: llama's float32 μ (a chain of 2^19 additions) is far further from the
+    mean than σ is wide, so the moments are taken in float64 from the values (as the reference takes them)."""
+    rng = np.random.default_rng(2)
+    base = np.float32(1.1)
+    sums2 = (base + rng.choice([0, 1, 1, 3], (4, 1 << 17)).astype(np.float32) * np.spacing(base)).astype(np.float32)
+    e = Entry.from_arrays("blk.0.ffn_down.weight", sums2, np.ones(4))
+    im = Imatrix(entries={e.name: e}, datasets=["s"], chunk_count=1, chunk_size=512)
+    t, r = compute_stats(im).tensor(e.name), reference(im)[e.name]
+    v = sums2.astype(np.float64)
+    assert abs(t.mean - v.mean()) > 100 * v.std()  # the centre is off by a hundred σ
+    assert r.skewness == pytest.approx(0.652, abs=2e-3)  # values 0, 1, 1, 3 (in ulps)
+    assert (t.skewness, t.kurtosis) == (r.skewness, r.kurtosis)
+
+
+def test_row_best_keeps_eight_a_row_ties_to_the_lower_index():
+    v = np.array([[5, 1, 5, 5, 2, 5, 5, 5, 5, 5, 5, 0], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]], np.float32)
+    best = batched._row_best(v)
+    assert best.sum(axis=1).tolist() == [8, 8]
+    assert np.flatnonzero(best[0]).tolist() == [0, 2, 3, 5, 6, 7, 8, 9]
+    assert np.flatnonzero(best[1]).tolist() == list(range(4, 12))
+
+
 def test_moments_undefined_for_equal_values():
     sums2 = np.full((2, 64), 3.0, np.float32)
     e = Entry.from_arrays("blk.0.ffn_down.weight", sums2, np.array([3.0, 3.0]))
@@ -363,7 +386,14 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
         return real(cols, *a, **k)
 
     monkeypatch.setattr(batched, "run_batch", dying)
-    with pytest.raises(ChildProcessError, match="ended without results"):
+    with pytest.raises(ChildProcessError, match="ended without its results"):
+        batched.run_all(plan, None, None, threads=2, fork=True)
+
+    # a child cut off while it writes (the parent reads a part of the pickle)
+    monkeypatch.setattr(batched, "run_batch", real)
+    real_dumps = batched.pickle.dumps
+    monkeypatch.setattr(batched.pickle, "dumps", lambda obj: real_dumps(obj)[:40])
+    with pytest.raises(ChildProcessError, match=r"ended without its results \(exit status 0\)"):
         batched.run_all(plan, None, None, threads=2, fork=True)
 
 

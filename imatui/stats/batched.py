@@ -281,7 +281,6 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     # llama divides a float by the int64 count: the count becomes a float32
     cnt = np.repeat(np.where(live, counts, np.inf).astype(F32), q, axis=1)  # x / inf = 0 for the rows it skips
     live = np.repeat(live, q, axis=1)  # (K, rows)
-    real = np.array([not c.helper for c in cols])
 
     results = [TensorResult(c.name) for c in cols]
     total = np.zeros(K, F32)
@@ -348,6 +347,24 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
     ctile = np.tile(cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
     gbuf = _scratch(scratch, "g", (K, l_max), np.bool_).reshape(-1)  # a read block (l_max >= s_max)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
+    n_pending = 0
+
+    def merge_pending() -> None:
+        nonlocal n_pending
+        if pending:
+            g, v, i = (np.concatenate(a) for a in zip(*pending))
+            _top_merge(top_v, top_i, np.unique(g), g, v, i)
+            pending.clear()
+            n_pending = 0
+
+    def whole(entry: Entry) -> np.ndarray:
+        """A tensor's flat sums2, read as the blocks are (stamp-checked), for the rare cases done apart."""
+        src = _Source(entry)
+        arr = np.empty(entry.size, F32)
+        src.read_into(arr, 0, fds)
+        if src.slice is not None:
+            check_stamp(fds[src.slice.path], src.slice)
+        return arr
 
     try:
         with np.errstate(all="ignore"):
@@ -455,7 +472,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
             # a tensor's top values lie in its rows of the largest row maxima (kk of them, ties included):
             # a row below them has kk rows whose maxima beat its every value
             top_rows = np.zeros((K, rows), bool)
-            for k in np.flatnonzero(real & ok & (kk > 0)):
+            for k in np.flatnonzero(ok & (kk > 0)):  # (helper columns are not ok)
                 kth = np.partition(rmax_all[k], rows - kk[k])[rows - kk[k]] if rows > kk[k] else -np.inf
                 top_rows[k] = (rmax_all[k] >= kth) & live[k]
             if ok.any():
@@ -468,14 +485,13 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
                         zcount += _row_counts(ge)
                         ks, rs = np.nonzero(top_rows[:, s0:s1])
-                        if ks.size:  # a few rows a tensor: their values from their own kth largest up
+                        if ks.size:  # a few rows a tensor: each row's own best TOP_CHANNELS
                             vk = r3[ks, rs]
-                            take = np.ones(vk.shape, bool)
-                            if w > TOP_CHANNELS:
-                                kth = np.partition(vk, w - TOP_CHANNELS, axis=1)[:, w - TOP_CHANNELS]
-                                take = vk >= kth[:, None]
-                            gi, gj = np.nonzero(take)
+                            gi, gj = np.nonzero(_row_best(vk))
                             pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
+                            n_pending += gi.size
+                            if n_pending > 1 << 16:  # ties can make many rows candidates: merge as they come
+                                merge_pending()
                         # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
                         # continues the chains: their last value times 1
                         pk = pbuf[:, :L]
@@ -492,13 +508,13 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                             pk[zero_cols] = zp
                         pt = tbuf[: L + 1]
                         np.copyto(pt[1:], pk.T)
-                        q = sbuf[: L + 1]
-                        np.log2(pt[1:], out=q[1:])
-                        new = _chain_products(q, pt, ent)
+                        lg = sbuf[: L + 1]
+                        np.log2(pt[1:], out=lg[1:])
+                        new = _chain_products(lg, pt, ent)
                         if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
                             # 0 * log2(tiny) = -0.0 leaves the chain as it is
-                            np.log2(np.maximum(pt[1:], _TINY, out=q[1:]), out=q[1:])
-                            new = _chain_products(q, pt, ent)
+                            np.log2(np.maximum(pt[1:], _TINY, out=lg[1:]), out=lg[1:])
+                            new = _chain_products(lg, pt, ent)
                         ent = new
                         d = np.subtract(vals, mean[:, None], out=vals)
                         if any_dead:  # the rows llama skips add nothing (their -μ would drown small moments)
@@ -510,9 +526,34 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
                         m2 += _rowdot(d, d)
                         m3 += _rowdot(d2, d)
                         m4 += _rowdot(d2, d2)
-                if pending:
-                    g, v, i = (np.concatenate(a) for a in zip(*pending))
-                    _top_merge(top_v, top_i, np.unique(g), g, v, i)
+                merge_pending()
+            # moments about the exact mean from those about μ (δ = exact mean - μ, tiny against σ)
+            skew: dict[int, float | None] = {}
+            kurt: dict[int, float | None] = {}
+            for k in np.flatnonzero(ok):
+                nl = int(n_live[k])
+                dl, e2, e3, e4 = m1[k] / nl, m2[k] / nl, m3[k] / nl, m4[k] / nl
+                c2 = e2 - dl * dl
+                c3 = e3 - 3 * dl * e2 + 2 * dl**3
+                c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
+                if not (vmax[k] > vmin[k]):
+                    skew[k] = kurt[k] = None  # equal values: no shape
+                elif c2 > 1e-2 * e2 and math.isfinite(c3) and math.isfinite(c4):
+                    skew[k], kurt[k] = float(c3 / c2**1.5), float(c4 / (c2 * c2) - 3.0)
+                else:  # values equal but for their last bits (c2 is rounding noise here): in float64
+                    from imatui.stats.tensor import shape_moments
+
+                    hit = live[k, ::q]  # the file's rows (each is q of ours)
+                    v = whole(cols[k].entry).reshape(n_mat, n_in)[hit] / cnt[k, ::q][hit, None]
+                    skew[k], kurt[k] = shape_moments(v)
+            # llama compares the flat vectors of blk N and N-1 whenever the sizes agree: another shape
+            # of the same size is compared apart, from the two whole tensors
+            partner_cos: dict[int, float | None] = {}
+            for k, c in enumerate(cols):
+                if c.cos_partner is not None and not c.helper:
+                    from imatui.stats.tensor import _cos_f32
+
+                    partner_cos[k] = _cos_f32(whole(c.entry), whole(c.cos_partner))
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -525,12 +566,8 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         # CosSim from the raw inner products (llama's compute_cossim, float32)
         if c.cos_undefined:
             r.cossim = None
-        elif c.cos_partner is not None:  # llama compares the flat vectors: so do we, outside the batch
-            from imatui.stats.tensor import _cos_f32
-
-            flat = [np.ascontiguousarray(e.sums2, dtype=F32).reshape(-1) for e in (c.entry, c.cos_partner)]
-            with np.errstate(all="ignore"):
-                r.cossim = _cos_f32(flat[0], flat[1])
+        elif c.cos_partner is not None:
+            r.cossim = partner_cos[k]
         elif c.prev_adjacent and k > 0:
             ma = np.sqrt(mag[k], dtype=F32)
             mb = np.sqrt(mag[k - 1], dtype=F32)
@@ -550,16 +587,7 @@ def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool
         r.entropy = float(entropy)
         r.entropy_norm = float(F32(entropy / F32(math.log2(nl)))) if nl > 1 else 0.0
         r.zd = float(F32(F32(zcount[k] if dev[k] > 0 else 0) / nf))
-        # moments about the exact mean from those about μ (δ = exact mean - μ, tiny against σ)
-        dl, e2, e3, e4 = m1[k] / nl, m2[k] / nl, m3[k] / nl, m4[k] / nl
-        c2 = e2 - dl * dl
-        c3 = e3 - 3 * dl * e2 + 2 * dl**3
-        c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
-        # defined where the values spread: not where they are all equal, and not where the centre's
-        # correction is most of e2 (values equal but for the last bits: c2 would be rounding noise)
-        if dev[k] > 0 and vmax[k] > vmin[k] and c2 > 1e-2 * e2 and math.isfinite(c3) and math.isfinite(c4):
-            r.skewness = float(c3 / c2**1.5)
-            r.kurtosis = float(c4 / (c2 * c2) - 3.0)
+        r.skewness, r.kurtosis = skew[k], kurt[k]
         r.dead = int(zeros[k])
         tv, ti = top_v[k, : kk[k]], top_i[k, : kk[k]]
         r.top_channels = [int(i) for i in ti]
@@ -585,26 +613,34 @@ def _padded(n: int) -> int:
     return n + (16 - n) % 32
 
 
+def _row_best(v: np.ndarray) -> np.ndarray:
+    """Each row's TOP_CHANNELS largest values (ties: the lower index) as a mask; a shorter row: all of it."""
+    n = v.shape[1]
+    if n <= TOP_CHANNELS:
+        return np.ones(v.shape, bool)
+    kth = np.partition(v, n - TOP_CHANNELS, axis=1)[:, n - TOP_CHANNELS, None]
+    take = v > kth
+    tie = v == kth
+    need = TOP_CHANNELS - take.sum(axis=1, keepdims=True)  # places left for values equal to kth
+    return take | (tie & (np.cumsum(tie, axis=1) <= need))
+
+
 def _raw_thresholds(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
     """Per (tensor, row): the largest float32 r with fl(r / count) <= limit (fl(r / c) is monotone in r),
     -inf for the rows llama skips (count inf)."""
     with np.errstate(all="ignore"):
-        return _raw_thresholds_(cnt, limit)
-
-
-def _raw_thresholds_(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
-    r = (cnt * limit).astype(F32)
-    for _ in range(64):
-        over = (r / cnt) > limit
-        if not over.any():
-            break
-        r = np.where(over, np.nextafter(r, F32(-np.inf), dtype=F32), r)
-    for _ in range(64):
-        up = np.nextafter(r, F32(np.inf), dtype=F32)
-        ok = (up / cnt) <= limit
-        if not ok.any():
-            break
-        r = np.where(ok, up, r)
+        r = (cnt * limit).astype(F32)
+        for _ in range(64):
+            over = (r / cnt) > limit
+            if not over.any():
+                break
+            r = np.where(over, np.nextafter(r, F32(-np.inf), dtype=F32), r)
+        for _ in range(64):
+            up = np.nextafter(r, F32(np.inf), dtype=F32)
+            ok = (up / cnt) <= limit
+            if not ok.any():
+                break
+            r = np.where(ok, up, r)
     r[~np.isfinite(cnt)] = -np.inf
     return r
 
@@ -767,17 +803,26 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
             res.extend(part)
         return res
 
-    children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+    children: list[tuple[int, int]] = []  # (pid, read end of its pipe), until reaped
     out: dict[str, TensorResult] = {}
     try:
         for share in shares[1:]:
             if not share:
                 continue
             rfd, wfd = os.pipe()
-            pid = os.fork()
+            # Ctrl-C between fork and the child's own handler would unwind the child into our code
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pid = os.fork()
+            except BaseException:
+                os.close(rfd)
+                os.close(wfd)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                raise
             if pid == 0:  # the child: compute, send, and leave without running the parent's exit code
                 code = 0
                 try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     os.close(rfd)
                     for _, other in children:
                         os.close(other)
@@ -789,26 +834,31 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
                         data = pickle.dumps(payload)
                     except Exception:  # noqa: BLE001
                         data = pickle.dumps(("error", RuntimeError(repr(payload[1]))))
-                    with os.fdopen(wfd, "wb") as f:
-                        f.write(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(wfd, view):]
                 except BaseException:  # noqa: BLE001
                     code = 1
                 finally:
                     os._exit(code)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(wfd)
             children.append((pid, rfd))
         for r in run_share(shares[0], cancelled, progress):
             out[r.name] = r
         while children:
             pid, rfd = children[0]
-            with os.fdopen(rfd, "rb") as f:
-                data = f.read()
-            children.pop(0)
+            chunks = []
+            while chunk := os.read(rfd, 1 << 20):
+                chunks.append(chunk)
             _, status = os.waitpid(pid, 0)
-            if not data:  # killed (out of memory?) before it could answer
-                raise ChildProcessError(f"a statistics worker process ended without results (exit status "
-                                        f"{os.waitstatus_to_exitcode(status)})")
-            kind, value = pickle.loads(data)
+            children.pop(0)
+            os.close(rfd)
+            try:
+                kind, value = pickle.loads(b"".join(chunks))
+            except Exception:  # noqa: BLE001 - nothing or a part: killed (out of memory?) while at work
+                raise ChildProcessError(f"a statistics worker process ended without its results (exit status "
+                                        f"{os.waitstatus_to_exitcode(status)})") from None
             if kind == "error":
                 raise value
             if progress is not None:
@@ -816,13 +866,12 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
             for r in value:
                 out[r.name] = r
     finally:
-        for pid, rfd in children:  # on an error here: stop the others
-            os.close(rfd)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
+        for pid, rfd in children:  # on an error or Ctrl-C: stop the others
+            for step in (lambda: os.close(rfd), lambda: os.kill(pid, signal.SIGKILL), lambda: os.waitpid(pid, 0)):
+                try:
+                    step()
+                except OSError:
+                    pass
     return out
 
 

@@ -154,6 +154,18 @@ def _cos_f32(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(_F32(dp / denom))
 
 
+def shape_moments(vals: np.ndarray) -> tuple[float | None, float | None]:
+    """Skewness and excess kurtosis of the values, in float64; None when all values are equal."""
+    v64 = vals.astype(np.float64).reshape(-1)
+    d = v64 - v64.mean()
+    d2 = d * d
+    m2 = float(d2.mean())
+    if not (m2 > 0 and v64.max() > v64.min()):  # equal values: no shape (m2 would be rounding noise)
+        return None, None
+    # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
+    return float(np.dot(d2, d) / d.size / m2**1.5), float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
+
+
 def _entropy_bits(w: np.ndarray) -> float:
     total = float(w.sum(dtype=np.float64))
     if total <= 0:
@@ -239,18 +251,7 @@ def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.nda
     else:
         cossim = _cos_f32(raw, prev.raw)
 
-    # extras, in float64
-    v64 = vals.astype(np.float64)
-    m64 = v64.mean()
-    d = v64 - m64
-    d2 = d * d
-    m2 = float(d2.mean())
-    if m2 > 0 and vmax > vmin:  # all values equal: no shape to describe (m2 would be rounding noise)
-        # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
-        skew = float(np.dot(d2, d) / d.size / m2**1.5)
-        kurt = float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
-    else:
-        skew = kurt = None
+    skew, kurt = shape_moments(vals)
     k = min(TOP_CHANNELS, n)
     top_local = np.argpartition(vals, n - k)[n - k :]
     top_local = top_local[np.argsort(vals[top_local])[::-1]]
