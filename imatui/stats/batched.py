@@ -746,6 +746,8 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
     batches = sorted(batches, key=lambda b: -sum(c.entry.size for c in b))
     if fork and threads > 1 and len(batches) > 1 and _CAN_FORK and threading.active_count() == 1:
         return _run_forked(batches, path, cancelled, progress, threads)
+    if threads == 1 or len(batches) == 1:
+        return {r.name: r for r in _run_serial(batches, path, cancelled, progress)}
     out: dict[str, TensorResult] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -754,20 +756,15 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
         return stop.is_set() or (cancelled is not None and cancelled())
 
     scratch: dict[int, dict] = {}  # per thread
-    sub = SUB_ELEMENTS if threads == 1 or len(batches) == 1 else THREAD_SUB_ELEMENTS
 
     def work(cols: list[Column]) -> list[TensorResult]:
-        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}), sub)
+        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}),
+                        THREAD_SUB_ELEMENTS)
         if progress is not None:
             with lock:
                 progress(len(res))
         return res
 
-    if threads == 1 or len(batches) == 1:
-        for b in batches:
-            for r in work(b):
-                out[r.name] = r
-        return out
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imatui-stats") as pool:
         futures = [pool.submit(work, b) for b in batches]
         try:
@@ -778,6 +775,19 @@ def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[
             stop.set()
             raise
     return out
+
+
+def _run_serial(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
+                progress: Callable[[int], None] | None) -> list[TensorResult]:
+    """The batches one after the other, in this thread (L2-sized sub-blocks, one scratch for all)."""
+    scratch: dict = {}
+    res: list[TensorResult] = []
+    for b in batches:
+        part = run_batch(b, path, cancelled, scratch)
+        if progress is not None:
+            progress(len(part))
+        res.extend(part)
+    return res
 
 
 _CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")  # macOS: fork is unsafe with its libraries
@@ -792,16 +802,6 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
         i = loads.index(min(loads))
         shares[i].append(b)
         loads[i] += sum(c.entry.size for c in b)
-
-    def run_share(share: list[list[Column]], cancel, tick) -> list[TensorResult]:
-        scratch: dict = {}
-        res: list[TensorResult] = []
-        for b in share:
-            part = run_batch(b, path, cancel, scratch)
-            if tick is not None:
-                tick(len(part))
-            res.extend(part)
-        return res
 
     children: list[tuple[int, int]] = []  # (pid, read end of its pipe), until reaped
     out: dict[str, TensorResult] = {}
@@ -827,7 +827,7 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
                     for _, other in children:
                         os.close(other)
                     try:
-                        payload: tuple = ("ok", run_share(share, None, None))
+                        payload: tuple = ("ok", _run_serial(share, path, None, None))
                     except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
                         payload = ("error", e)
                     try:
@@ -844,7 +844,7 @@ def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callab
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(wfd)
             children.append((pid, rfd))
-        for r in run_share(shares[0], cancelled, progress):
+        for r in _run_serial(shares[0], path, cancelled, progress):
             out[r.name] = r
         while children:
             pid, rfd = children[0]
