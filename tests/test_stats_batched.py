@@ -1,6 +1,6 @@
 """The batched statistics engine gives exactly what the plain per-tensor implementation gives.
 
-imatui.stats.tensor._tensor_stats is the straightforward transcription of llama.cpp's loops (one
+tests/stats_reference.py's _tensor_stats is the straightforward transcription of llama.cpp's loops (one
 tensor, numpy cumsum for its float32 sums); imatui.stats.batched computes many tensors side by side
 in blocks. They must agree to the bit on every llama column, whatever the batch and block sizes.
 """
@@ -12,8 +12,9 @@ import pytest
 
 from imatui.formats import load, save
 from imatui.imatrix import Entry, Imatrix
-from imatui.stats import batched
-from imatui.stats.tensor import _Prev, _template, _tensor_stats, compute_stats
+from imatui.stats import batched, engine
+from imatui.stats.tensor import _template, compute_stats
+from tests.stats_reference import _Prev, _tensor_stats
 
 LLAMA_FIELDS = ["sum", "min", "max", "mean", "std", "active", "n", "entropy", "entropy_norm", "zd", "cossim",
                 "dead", "tokens", "skipped_matrices", "expert_counts", "experts_unused"]
@@ -65,10 +66,10 @@ def reference(im: Imatrix) -> dict:
                                                    (5, 64, 32, 4), (9, 16, 16, 2), (2, 1, 1, 1), (13, 4096, 100, 3)])
 def test_batched_equals_reference(monkeypatch, columns, block, sub, width):
     """Batches, read blocks and sub-blocks of many sizes; rows cut into pieces of at least `width`."""
-    monkeypatch.setattr(batched, "MAX_COLUMNS", columns)
-    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", block)
-    monkeypatch.setattr(batched, "SUB_ELEMENTS", sub)
-    monkeypatch.setattr(batched, "MIN_WIDTH", width)
+    monkeypatch.setattr(engine, "MAX_COLUMNS", columns)
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", sub)
+    monkeypatch.setattr(engine, "MIN_WIDTH", width)
     im = synthetic()
     ref = reference(im)
     report = compute_stats(im)
@@ -121,11 +122,11 @@ def _random_imatrix(rng: np.random.Generator) -> Imatrix:
 def test_random_batches_equal_reference(monkeypatch, seed):
     """Random files and random batch, block and sub-block sizes: every llama column to the bit."""
     rng = np.random.default_rng(seed)
-    monkeypatch.setattr(batched, "MAX_COLUMNS", int(rng.integers(1, 70)))
-    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", int(rng.choice([1, 7, 64, 1000, 4096, 1 << 15, 1 << 19])))
-    monkeypatch.setattr(batched, "SUB_ELEMENTS", int(rng.choice([1, 5, 50, 300, 2048, 1 << 14, 1 << 18])))
-    monkeypatch.setattr(batched, "THREAD_SUB_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
-    monkeypatch.setattr(batched, "MIN_WIDTH", int(rng.choice([1, 2, 8, 64, 256])))
+    monkeypatch.setattr(engine, "MAX_COLUMNS", int(rng.integers(1, 70)))
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", int(rng.choice([1, 7, 64, 1000, 4096, 1 << 15, 1 << 19])))
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", int(rng.choice([1, 5, 50, 300, 2048, 1 << 14, 1 << 18])))
+    monkeypatch.setattr(engine, "THREAD_SUB_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
+    monkeypatch.setattr(engine, "MIN_WIDTH", int(rng.choice([1, 2, 8, 64, 256])))
     im = _random_imatrix(rng)
     ref = reference(im)
     report = compute_stats(im)
@@ -142,21 +143,21 @@ def test_random_batches_equal_reference(monkeypatch, seed):
 
 
 def test_threads_do_not_change_anything(monkeypatch):
-    monkeypatch.setattr(batched, "MAX_COLUMNS", 4)
+    monkeypatch.setattr(engine, "MAX_COLUMNS", 4)
     im = synthetic()
     order = sorted(im.entries, key=_template)
-    one = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=1)
-    two = batched.run_all(batched.plan_batches(order, im.entries, _template), None, None, threads=3)
+    one = batched.run_all(engine.plan_batches(order, im.entries, _template), None, None, threads=1)
+    two = batched.run_all(engine.plan_batches(order, im.entries, _template), None, None, threads=3)
     assert one == two
 
 
 def test_without_einsum_shortcuts(monkeypatch):
     """The plain multiply-and-add paths (a numpy whose einsum reorders or fuses) give the same numbers."""
-    monkeypatch.setattr(batched, "_EINSUM_IN_ORDER", False)
-    monkeypatch.setattr(batched, "_EINSUM2_IN_ORDER", False)
-    monkeypatch.setattr(batched, "_VECDOT", None)
-    monkeypatch.setattr(batched, "SUB_ELEMENTS", 200)
-    monkeypatch.setattr(batched, "MIN_WIDTH", 4)
+    monkeypatch.setattr(engine, "_EINSUM_IN_ORDER", False)
+    monkeypatch.setattr(engine, "_EINSUM2_IN_ORDER", False)
+    monkeypatch.setattr(engine, "_VECDOT", None)
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", 200)
+    monkeypatch.setattr(engine, "MIN_WIDTH", 4)
     im = synthetic()
     ref = reference(im)
     for t in compute_stats(im).tensors:
@@ -166,8 +167,8 @@ def test_without_einsum_shortcuts(monkeypatch):
 
 @pytest.mark.parametrize("sub,width", [(1 << 18, 256), (60, 4)])
 def test_top_channels_ties_go_to_the_lower_index(monkeypatch, sub, width):
-    monkeypatch.setattr(batched, "SUB_ELEMENTS", sub)
-    monkeypatch.setattr(batched, "MIN_WIDTH", width)
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", sub)
+    monkeypatch.setattr(engine, "MIN_WIDTH", width)
     flat = np.full((4, 40), 2.0, np.float32)
     peaks = np.ones((4, 40), np.float32)
     peaks[[0, 1, 1, 3, 3, 3, 3, 3, 3, 3], [39, 5, 30, 0, 1, 2, 3, 4, 5, 6]] = 9.0  # ten equal peaks
@@ -260,9 +261,9 @@ def test_moments_undefined_for_equal_values():
 def test_read_blocks_larger_than_sub_blocks(monkeypatch):
     """Four rows read at a time, computed on one at a time; every row has values <= 1e-5, so % active is
     counted over whole read blocks (and dead channels: exact zeros)."""
-    monkeypatch.setattr(batched, "BLOCK_ELEMENTS", 4 * 4 * 64)
-    monkeypatch.setattr(batched, "SUB_ELEMENTS", 4 * 64)
-    monkeypatch.setattr(batched, "MIN_WIDTH", 64)
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 4 * 4 * 64)
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", 4 * 64)
+    monkeypatch.setattr(engine, "MIN_WIDTH", 64)
     rng = np.random.default_rng(8)
     entries = {}
     for blk in range(4):
@@ -284,15 +285,15 @@ def test_row_counts_packs_eight_booleans_a_word():
     rng = np.random.default_rng(5)
     for n in (8, 2040, 2048, 4096, 8 * 255 * 3 + 8, 13):
         m = rng.random((7, n)) < 0.97  # long runs of Trues: every byte's sum near its 255 limit
-        assert batched._row_counts(m).tolist() == m.sum(axis=1).tolist()
+        assert engine.row_counts(m).tolist() == m.sum(axis=1).tolist()
 
 
 def test_row_width_divides_and_fits(monkeypatch):
-    monkeypatch.setattr(batched, "MIN_WIDTH", 256)
-    assert batched._row_width(7168, 58, 1 << 18) == 3584  # 58 x 3584 = 207,872 floats: an L2-sized sub-block
-    assert batched._row_width(2048, 58, 1 << 18) == 2048  # a whole row fits
-    assert batched._row_width(7919, 58, 1 << 18) == 7919  # prime: no piece of >= 256, whole rows
-    assert batched._row_width(16384, 58, 1 << 17) == 2048
+    monkeypatch.setattr(engine, "MIN_WIDTH", 256)
+    assert engine._row_width(7168, 58, 1 << 18) == 3584  # 58 x 3584 = 207,872 floats: an L2-sized sub-block
+    assert engine._row_width(2048, 58, 1 << 18) == 2048  # a whole row fits
+    assert engine._row_width(7919, 58, 1 << 18) == 7919  # prime: no piece of >= 256, whole rows
+    assert engine._row_width(16384, 58, 1 << 17) == 2048
 
 
 def test_raw_thresholds_match_the_division():
@@ -309,9 +310,9 @@ def test_raw_thresholds_match_the_division():
 
 def _forks(monkeypatch) -> list[int]:
     """Count the forks; and let run_all fork although earlier tests (apps, watchers) may have left threads."""
-    monkeypatch.setattr(batched.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(engine.threading, "active_count", lambda: 1)
     pids: list[int] = []
-    real = batched.os.fork
+    real = engine.os.fork
 
     def fork():
         pid = real()
@@ -319,7 +320,7 @@ def _forks(monkeypatch) -> list[int]:
             pids.append(pid)
         return pid
 
-    monkeypatch.setattr(batched.os, "fork", fork)
+    monkeypatch.setattr(engine.os, "fork", fork)
     return pids
 
 
@@ -329,7 +330,7 @@ def test_worker_processes_give_the_same_numbers(monkeypatch, tmp_path):
     save(im, p)
     loaded = load(p)
     order = sorted(loaded.entries, key=_template)
-    plan = batched.plan_batches(order, loaded.entries, _template, 3)
+    plan = engine.plan_batches(order, loaded.entries, _template, 3)
     one = batched.run_all(plan, str(p), None, threads=1)
     pids = _forks(monkeypatch)
     seen = []
@@ -346,9 +347,9 @@ def test_no_fork_beside_other_threads(monkeypatch):
 
     im = synthetic()
     order = sorted(im.entries, key=_template)
-    plan = batched.plan_batches(order, im.entries, _template, 2)
+    plan = engine.plan_batches(order, im.entries, _template, 2)
     forks = []
-    monkeypatch.setattr(batched.os, "fork", lambda: forks.append(1) or 0)
+    monkeypatch.setattr(engine.os, "fork", lambda: forks.append(1) or 0)
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
@@ -365,12 +366,12 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
 
     im = synthetic()
     order = sorted(im.entries, key=_template)
-    plan = batched.plan_batches(order, im.entries, _template, 2)
-    parent = batched.os.getpid()
+    plan = engine.plan_batches(order, im.entries, _template, 2)
+    parent = engine.os.getpid()
     real = batched.run_batch
 
     def failing(cols, *a, **k):
-        if batched.os.getpid() != parent:
+        if engine.os.getpid() != parent:
             raise CorruptError("tensor x has NaN", "f.gguf")
         return real(cols, *a, **k)
 
@@ -381,8 +382,8 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
     assert pids and str(e.value) == "f.gguf: tensor x has NaN" and e.value.path == "f.gguf"
 
     def dying(cols, *a, **k):
-        if batched.os.getpid() != parent:
-            batched.os._exit(3)
+        if engine.os.getpid() != parent:
+            engine.os._exit(3)
         return real(cols, *a, **k)
 
     monkeypatch.setattr(batched, "run_batch", dying)
@@ -391,8 +392,8 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
 
     # a child cut off while it writes (the parent reads a part of the pickle)
     monkeypatch.setattr(batched, "run_batch", real)
-    real_dumps = batched.pickle.dumps
-    monkeypatch.setattr(batched.pickle, "dumps", lambda obj: real_dumps(obj)[:40])
+    real_dumps = engine.pickle.dumps
+    monkeypatch.setattr(engine.pickle, "dumps", lambda obj: real_dumps(obj)[:40])
     with pytest.raises(ChildProcessError, match=r"ended without its results \(exit status 0\)"):
         batched.run_all(plan, None, None, threads=2, fork=True)
 

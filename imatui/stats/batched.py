@@ -1,61 +1,49 @@
-"""llama.cpp's per-tensor statistics for many tensors at once, digit for digit and fast.
+"""llama.cpp's per-tensor statistics for a batch of tensors at once, digit for digit and fast.
 
-llama-imatrix sums in float32, one element after the other (std::accumulate with 0.0f). Such a sum
-is a chain of dependent additions: numpy's cumsum follows it exactly but at ~3 ns an element, and a
-file of 250 M floats needs five such chains (Σ, Σv², entropy, and the two CosSim inner products).
-Summing over axis 0 of a C-ordered (rows, columns) matrix also adds row after row, so each column is
-still an exact element-by-element float32 chain, yet numpy vectorizes across the columns. So tensors
-of one shape are laid side by side as columns (a batch) and read block by block: every chain of every
-tensor in the batch advances with one vectorized call. Adding +0.0 leaves a float32 sum unchanged,
-which lets the rows of experts never hit (count 0, skipped by llama) stay in place as zeros.
+llama-imatrix --show-statistics computes, over the means v = sums2 / count of the matrices it reads
+(count > 0), in float32 and element by element: Σ, min, max, μ = Σ / n, σ from Σv², % active
+(v > 1e-5), the entropy of p = v / Σ, ZD (the fraction with (v - μ) / σ > 1) and the CosSim of the
+raw sums2 with block N-1's. The batch layout, the reading and the float32 chains are the engine's
+(imatui.stats.engine); here is what is computed on them, one pass at a time:
 
-Two passes per batch, each reading the tensors block by block (never a whole file in memory): the
-first gives Σ, Σv², min, max, counts and the CosSim inner products, the second (which needs Σ, μ
-and σ) the entropy, ZD, the top channels and the moments for skewness and kurtosis. A read block
-(8 MB) is computed on in sub-blocks of 2^18 floats, so that numpy's sweeps stay in a core's L2 cache;
-each tensor's rows are cut into pieces of w elements (w divides a row, and the pieces share the row's
-count) so that even 7168-wide experts fit. Where the per-element chains allow, one numpy call does
-two jobs: einsum("ij,ij->j") rounds each product and adds in row order (checked at import), booleans
-are counted eight to a 64-bit word, BLAS dot products give the moments.
+- pass 1 (`pass1`): Σv, Σv², each row's min and max, % active, dead channels, the CosSim inner
+  products;
+- the checks (`centre`): NaN, negative values, overflow (imatui.stats.checks), then μ and σ;
+- pass 2 (`pass2`, which needs Σ, μ and σ): the entropy, ZD, the top channels and the moments for
+  skewness and kurtosis;
+- the finish (`finish`): each tensor's numbers as llama prints them.
 
-numpy releases the GIL only inside its loops, so threads wait for each other between calls (two
-threads on two cores do the work of ~1.6). The CLI, a single-threaded caller, forks worker processes
-that take shares of the batches and send their results back by pipe (run_all's `fork`); the app,
-which has threads of its own, uses a thread pool with larger sub-blocks (fewer calls, less waiting).
+Where the per-element chains allow, one numpy call does two jobs: einsum("ij,ij->j") rounds each
+product and adds in row order, booleans are counted eight to a 64-bit word, BLAS dot products give
+the moments, and thresholds found once per row or tensor turn divisions into comparisons.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import signal
-import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from imatui.errors import TruncatedError
-from imatui.imatrix import Entry
+from imatui.stats import checks, engine
+from imatui.stats.engine import (
+    F32,
+    BlockReader,
+    Column,
+    Layout,
+    chain,
+    chain_products,
+    flat2,
+    padded,
+    row_counts,
+    rowdot,
+    scratch_array,
+)
 
-F32 = np.float32
 ACTIVE_THRESHOLD = F32(1e-5)
 TOP_CHANNELS = 8
-MAX_COLUMNS = 64  # tensors per batch: wide enough to vectorize the chains, small enough to balance threads
-MIN_COLUMNS = 16  # split a group for the threads only down to this width
-BLOCK_ELEMENTS = 1 << 21  # elements read per block: about 8 MB (few syscalls)
-# elements computed on at a time: each numpy sweep over a sub-block stays in a core's L2 cache (2 MB on the
-# Xeon that the benchmark runs on, where a sweep over an 8 MB block runs 2-4x slower from L3)
-SUB_ELEMENTS = 1 << 18
-MIN_WIDTH = 256  # narrowest row a tensor's rows are cut into for the sub-blocks
-# threads sharing the GIL wait for each other between numpy calls: fewer, larger ones (1 GB file, 2 threads on
-# 2 cores: 1.28-1.31 s at 2^19, 1.34-1.38 s at 2^18 and at 2^20, 1.46 s at 2^21)
-THREAD_SUB_ELEMENTS = 1 << 19
 _TINY = np.finfo(F32).smallest_subnormal
-_HAS_PREADV = hasattr(os, "preadv")
 
 
 @dataclass
@@ -83,155 +71,346 @@ class TensorResult:
     error: str | None = None
 
 
+def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None,
+              scratch: dict | None = None, sub_elements: int | None = None) -> list[TensorResult]:
+    """Statistics of the batch's non-helper columns (all of one shape), in column order.
+
+    `scratch`: block buffers kept from an earlier batch of the same thread (filled in here).
+    `sub_elements`: elements computed on at a time (default engine.SUB_ELEMENTS). Threads sharing the
+    GIL want fewer, larger numpy calls (engine.THREAD_SUB_ELEMENTS).
+    """
+    if scratch is None:
+        scratch = {}
+    lay = Layout.of([c.entry for c in cols], engine.SUB_ELEMENTS if sub_elements is None else sub_elements)
+    results = [TensorResult(c.name) for c in cols]
+    with np.errstate(all="ignore"), BlockReader(lay, [c.entry for c in cols], cancelled, scratch) as reader:
+        p1 = pass1(lay, reader, scratch)
+        c = centre(cols, lay, p1, reader, results)
+        if any(r.error for r in results):
+            return [r for r, col in zip(results, cols) if not col.helper]
+        p2 = pass2(lay, reader, p1, c, scratch)
+        shape = moments(lay, reader, p1, c, p2)
+        # llama compares the flat vectors of blk N and N-1 whenever the sizes agree: another shape
+        # of the same size is compared apart, from the two whole tensors
+        partner_cos = {k: cos_f32(reader.whole(k), reader.read_entry(col.cos_partner))
+                       for k, col in enumerate(cols) if col.cos_partner is not None and not col.helper}
+    return finish(cols, lay, results, p1, c, p2, shape, partner_cos)
+
+
+# --- pass 1 ---------------------------------------------------------------------------------------
+
 @dataclass
-class Column:
-    name: str
-    entry: Entry
-    prev_adjacent: bool  # the same tensor of block N-1 is the column before (or the batch's helper)
-    helper: bool = False  # only read for the next column's CosSim
-    cos_undefined: bool = False  # block N-1 has this tensor in another size: no CosSim (llama reads past it)
-    cos_partner: Entry | None = None  # block N-1's tensor, another shape of the same size: CosSim apart
+class Pass1:
+    total: np.ndarray  # (K,) float32 Σv, llama's chain
+    sqr: np.ndarray  # (K,) float32 Σv²
+    mag: np.ndarray  # (K,) float32 Σraw², CosSim's magnitude
+    dp: np.ndarray  # (K,) float32: column j's raw values with column j + 1's, CosSim's inner product
+    inactive: np.ndarray  # (K,) values <= 1e-5 (% active)
+    zeros: np.ndarray  # (K,) values exactly 0 (dead channels)
+    row_max: np.ndarray  # (K, rows) each row's largest v, -inf for the rows llama skips
+    vmin: np.ndarray  # (K,) the smallest and largest v over the live rows
+    vmax: np.ndarray
 
 
-def _chain(block: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Continue float32 element-by-element sums: acc[k], then block[0, k], block[1, k], ...
-
-    `block` is a temporary of ours (C-ordered rows x columns) and is modified.
-    """
-    if block.shape[0] == 0:
-        return acc
-    block[0] += acc  # fl(acc + x0): the next step of each chain
-    if block.shape[1] >= 8:
-        if _EINSUM_IN_ORDER and block.flags.c_contiguous:
-            return np.einsum("ij->j", block)  # 2-3x faster than add.reduce on ~60 columns, same order
-        return np.add.reduce(block, axis=0)
-    # too few columns to vectorize across: numpy's cumsum follows the chain exactly too
-    return np.array([np.cumsum(block[:, k], dtype=F32)[-1] for k in range(block.shape[1])], dtype=F32)
-
-
-def _chain_products(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Continue float32 chains with the products fl(a[i, k] * b[i, k]), i >= 1 (row 0 is ours to use).
-
-    einsum("ij,ij->j") rounds each product and adds in row order (checked below), one sweep instead
-    of a multiply and a sum; its sum starts at 0, so row 0 holds acc * 1.
-    """
-    a[0] = acc
-    b[0] = 1
-    if _EINSUM2_IN_ORDER and a.shape[1] >= 8:  # (narrower: einsum's loop for few columns may reorder)
-        return np.einsum("ij,ij->j", a, b)
-    np.multiply(a, b, out=a)
-    return _chain(a[1:], acc)
-
-
-def _row_counts(mask: np.ndarray) -> np.ndarray:
-    """The Trues of each row of a C-contiguous (K, L) boolean matrix.
-
-    Eight booleans to a 64-bit word: summing up to 255 words keeps every byte's sum in its byte, so
-    numpy adds 8 at a time (4x faster than a uint8 sum along rows).
-    """
-    k, n = mask.shape
-    if n % 8 or not mask.flags.c_contiguous:
-        return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int64)
-    part = np.add.reduceat(mask.view(np.uint64), np.arange(0, n // 8, 255), axis=1)
-    return part.view(np.uint8).reshape(k, -1).sum(axis=1, dtype=np.int64)
-
-
-def _flat2(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    return flat[: rows * cols].reshape(rows, cols)
-
-
-def _einsum_in_order() -> bool:
-    """Whether einsum("ij->j") adds row after row in float32, as add.reduce(axis=0) does.
-
-    numpy's einsum does so for a C-ordered matrix of several columns (each column is one chain of
-    `out[j] += a[i, j]`); this build is checked once, on sums whose order shows in the last digit.
-    """
-    rng = np.random.default_rng(1)
-    for cols in (8, 61):
-        a = (rng.random((1031, cols)) ** 3 * 1e3).astype(F32)
-        want = np.cumsum(a, axis=0, dtype=F32)[-1]
-        with np.errstate(all="ignore"):
-            if not np.array_equal(np.einsum("ij->j", a), want):
-                return False
-    return True
-
-
-_EINSUM_IN_ORDER = _einsum_in_order()
-
-
-def _einsum_products_in_order() -> bool:
-    """Whether einsum("ij,ij->j") adds the rounded products row after row, with no fused multiply-add:
-    checked on products whose rounding shows in the sums."""
-    rng = np.random.default_rng(2)
-    for cols in (8, 61):
-        a = (rng.random((1031, cols)) * 1e3).astype(F32)
-        b = (rng.random((1031, cols)) * 1e3).astype(F32)
-        want = np.cumsum(a * b, axis=0, dtype=F32)[-1]
-        with np.errstate(all="ignore"):
-            if not np.array_equal(np.einsum("ij,ij->j", a, b), want):
-                return False
-    return True
+def pass1(lay: Layout, reader: BlockReader, scratch: dict) -> Pass1:
+    """Σv, Σv², each row's min and max, % active, zeros and the CosSim inner products, on every sub-block."""
+    K, w = lay.K, lay.w
+    s_max = lay.sub_elements
+    tbuf = scratch_array(scratch, "t", (s_max + 1, K), F32)  # + 1: pass 2's row of chain seeds
+    vbuf = scratch_array(scratch, "v", (s_max, K), F32)
+    gbuf = scratch_array(scratch, "g", (K, lay.block_elements), np.bool_).reshape(-1)  # a read block
+    # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
+    tile = next(t for t in (16, 8, 4, 2, 1) if w % t == 0)
+    ctile = np.tile(lay.cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
+    athr = _raw_thresholds(lay.cnt, ACTIVE_THRESHOLD)  # (K, rows): v <= 1e-5 is raw <= athr
+    total = np.zeros(K, F32)
+    sqr = np.zeros(K, F32)
+    mag = np.zeros(K, F32)
+    dp = np.zeros(K, F32)
+    inactive = np.zeros(K, np.int64)
+    zeros = np.zeros(K, np.int64)
+    rawmax = np.empty((K, lay.rows), F32)  # each row's largest and smallest raw value
+    rawmin = np.empty((K, lay.rows), F32)
+    for r0, r1, raw in reader.blocks():
+        for s0, s1, part in reader.subs(r0, r1, raw):
+            m = s1 - s0
+            p3 = part.reshape(K, m, w)
+            p3.max(axis=2, out=rawmax[:, s0:s1])  # v = fl(raw / c) is monotone in raw
+            p3.min(axis=2, out=rawmin[:, s0:s1])
+            # the float32 chains, on (element, tensor) matrices
+            L = m * w
+            rt = tbuf[:L]
+            np.copyto(rt, part.T)
+            vt = vbuf[:L]
+            # v = fl(raw / count), on the (element, tensor) matrix
+            np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
+            row0 = vt[0].copy()  # chain() adds the running sum into the first row
+            total = chain(vt, total)  # Σv
+            vt[0] = row0
+            np.multiply(vt, vt, out=vt)  # in place: half the memory traffic of a second matrix
+            sqr = chain(vt, sqr)  # Σv²
+            if K > 1:
+                # column j times column j + 1 as one contiguous multiply of the flat matrix shifted
+                # by one element (the last column pairs across rows: unused)
+                pr = vt  # free again: the sums of v and v^2 are done
+                flat, pflat = rt.reshape(-1), pr.reshape(-1)
+                np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
+                pflat[-1] = 0
+                dp = chain(pr, dp)  # CosSim's Σ raw_N * raw_N-1
+            np.multiply(rt, rt, out=rt)
+            mag = chain(rt, mag)  # CosSim's Σ raw²
+        # % active and dead channels, read block by read block: only rows with a v <= 1e-5 count
+        m = r1 - r0
+        dead_rows = ~lay.live[:, r0:r1]
+        c = lay.cnt[:, r0:r1]
+        r3 = raw.reshape(K, m, w)
+        rmin = np.where(dead_rows, np.inf, rawmin[:, r0:r1] / c)
+        cand = rmin <= ACTIVE_THRESHOLD
+        n_cand = int(np.count_nonzero(cand))
+        if 4 * n_cand > cand.size:  # most rows: the whole block, no row copies
+            le = np.less_equal(r3, athr[:, r0:r1, None], out=flat2(gbuf, K, m * w).reshape(K, m, w))
+            inactive += row_counts(le.reshape(K, m * w))
+        elif n_cand:
+            ks, rs = np.divmod(np.flatnonzero(cand), m)
+            le = r3[ks, rs] <= athr[ks, r0 + rs][:, None]
+            np.add.at(inactive, ks, np.add.reduce(le.view(np.uint8), axis=1, dtype=np.int32))
+        if n_cand:  # dead channels: v == 0
+            ks, rs = np.divmod(np.flatnonzero(rmin == 0), m)
+            if ks.size:
+                vk = r3[ks, rs] / c[ks, rs][:, None]
+                np.add.at(zeros, ks, np.add.reduce((vk == 0).view(np.uint8), axis=1, dtype=np.int32))
+    # each row's largest and smallest v; the rows llama skips take no part
+    row_max = np.where(lay.live, rawmax / lay.cnt, -np.inf)
+    vmin = np.where(lay.live, rawmin / lay.cnt, np.inf).min(axis=1)
+    return Pass1(total, sqr, mag, dp, inactive, zeros, row_max, vmin, row_max.max(axis=1))
 
 
-_EINSUM2_IN_ORDER = _einsum_products_in_order()
+def _raw_thresholds(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
+    """Per (tensor, row): the largest float32 r with fl(r / count) <= limit (fl(r / c) is monotone in r),
+    -inf for the rows llama skips (count inf). % active counts raw > r, without a division."""
+    with np.errstate(all="ignore"):
+        r = (cnt * limit).astype(F32)
+        for _ in range(64):
+            over = (r / cnt) > limit
+            if not over.any():
+                break
+            r = np.where(over, np.nextafter(r, F32(-np.inf), dtype=F32), r)
+        for _ in range(64):
+            up = np.nextafter(r, F32(np.inf), dtype=F32)
+            ok = (up / cnt) <= limit
+            if not ok.any():
+                break
+            r = np.where(ok, up, r)
+    r[~np.isfinite(cnt)] = -np.inf
+    return r
 
 
-class _Source:
-    """Reads flat element ranges of one tensor's sums2: pread from the file, or slices of an array."""
+# --- the checks, μ and σ -------------------------------------------------------------------------
 
-    def __init__(self, entry: Entry):
-        src = entry._sums2
-        self.slice = src if hasattr(src, "stamp") and hasattr(src, "offset") else None
-        self.array: np.ndarray | None = None
-        if self.slice is None:
-            arr = src() if callable(src) else src
-            self.array = np.ascontiguousarray(arr, dtype=F32).reshape(-1)
-
-    def fd_offset(self, fds: dict) -> tuple[int, int]:
-        """The open file (checked against the stamp on first open) and the tensor's byte offset."""
-        s = self.slice
-        fd = fds.get(s.path)
-        if fd is None:
-            try:
-                fd = os.open(s.path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise TruncatedError("the file disappeared while it was being read", s.path) from None
-            fds[s.path] = fd
-            check_stamp(fd, s)
-        return fd, s.offset
-
-    def read_into(self, out: np.ndarray, start: int, fds: dict) -> None:
-        n = out.size
-        if self.array is not None:
-            out[:] = self.array[start : start + n]
-            return
-        s = self.slice
-        fd, _ = self.fd_offset(fds)
-        if _HAS_PREADV:  # straight into the block matrix, no intermediate bytes
-            got = os.preadv(fd, [memoryview(out).cast("B")], s.offset + 4 * start)
-        else:
-            data = os.pread(fd, 4 * n, s.offset + 4 * start)
-            got = len(data)
-            if got == 4 * n:
-                out[:] = np.frombuffer(data, dtype="<f4")
-        if got != 4 * n:
-            raise TruncatedError("the file ends inside its tensor data", s.path)
+@dataclass
+class Centre:
+    mean: np.ndarray  # (K,) float32 μ = Σ / n
+    dev: np.ndarray  # (K,) float32 σ = sqrt(Σv² / n - μ²)
+    ok: np.ndarray  # (K,) the tensors with numbers (not helpers, not skipped, no error)
 
 
-def check_stamp(fd: int, s) -> None:
-    st = os.fstat(fd)
-    if (st.st_size, st.st_mtime_ns) != tuple(s.stamp):
-        raise TruncatedError("the file changed while it was being read (is it being rewritten?)", s.path)
+def centre(cols: list[Column], lay: Layout, p1: Pass1, reader: BlockReader,
+           results: list[TensorResult]) -> Centre:
+    """Check each tensor's values (marking results skipped or in error), then llama's μ and σ."""
+    K = lay.K
+    mean = np.zeros(K, F32)
+    dev = np.zeros(K, F32)
+    ok = np.zeros(K, bool)
+    for k, col in enumerate(cols):
+        r = results[k]
+        if col.helper:
+            continue
+        if lay.n_live[k] == 0:
+            r.skipped = True
+            continue
+        # Σraw² is finite unless some value is NaN or Inf (or huge): only then count them, in a read apart
+        bad = 0 if np.isfinite(p1.mag[k]) else reader.count_nonfinite(k)
+        r.error = checks.value_error(col.name, bad, p1.vmin[k], p1.vmax[k], p1.total[k], p1.sqr[k])
+        if r.error:
+            continue
+        nf = F32(lay.n_live[k])
+        mean[k] = F32(p1.total[k] / nf)
+        var = F32(F32(p1.sqr[k] / nf) - F32(mean[k] * mean[k]))
+        dev[k] = F32(np.sqrt(max(F32(0.0), var)))
+        ok[k] = True
+    return Centre(mean, dev, ok)
 
 
-def _scratch(cache: dict, name: str, shape: tuple[int, int], dtype) -> np.ndarray:
-    """A C-ordered array from `cache` (one thread's), kept for its next batch: no fresh pages to fault in."""
-    n = shape[0] * shape[1]
-    key = (name, np.dtype(dtype).str)
-    arr = cache.get(key)
-    if arr is None or arr.size < n:
-        arr = cache[key] = np.empty(max(n, 1), dtype)
-    return arr[:n].reshape(shape)
+# --- pass 2 ---------------------------------------------------------------------------------------
+
+@dataclass
+class Pass2:
+    ent: np.ndarray  # (K,) float32 Σ p log2 p (the entropy, negated), llama's chain
+    zcount: np.ndarray  # (K,) values with z > 1 (ZD)
+    m1: np.ndarray  # (K,) float64 moments of d = v - μ (divided by `scale`): Σd, Σd², Σd³, Σd⁴
+    m2: np.ndarray
+    m3: np.ndarray
+    m4: np.ndarray
+    scale: np.ndarray  # (K,) float32
+    top_v: np.ndarray  # (K, TOP_CHANNELS) each tensor's largest values, best first, padded with -inf
+    top_i: np.ndarray  # (K, TOP_CHANNELS) their flat indices (ties: the lower index)
+    n_top: np.ndarray  # (K,) how many of them are real: min(TOP_CHANNELS, n)
+
+
+def zd_threshold(mean: np.float32, dev: np.float32) -> np.float32:
+    """ZD: llama counts the values with fl(fl(v - μ) / σ) > 1, a one-tailed z-score test.
+
+    That test is monotone in v, so it is v >= v* for one float32 v*: the smallest v that passes,
+    found here once per tensor (pass 2 then compares instead of subtracting and dividing)."""
+    one = F32(1)
+
+    def hit(v: np.float32) -> bool:
+        return bool(F32(F32(v - mean) / dev) > one)
+
+    v = F32(mean + dev)
+    if hit(v):
+        while hit(down := np.nextafter(v, F32(-np.inf), dtype=F32)):
+            v = down
+        return v
+    while not hit(v):
+        v = np.nextafter(v, F32(np.inf), dtype=F32)
+    return v
+
+
+def pass2(lay: Layout, reader: BlockReader, p1: Pass1, c: Centre, scratch: dict) -> Pass2:
+    """The entropy (needs Σ), ZD (needs μ, σ), the top channels (need the row maxima) and the moments."""
+    K, w, rows = lay.K, lay.w, lay.rows
+    s_max = lay.sub_elements
+    pbuf = scratch_array(scratch, "p", (K, padded(s_max)), F32)[:, :s_max]
+    tbuf = scratch_array(scratch, "t", (s_max + 1, K), F32)
+    sbuf = scratch_array(scratch, "s", (s_max + 1, K), F32)
+    gbuf = scratch_array(scratch, "g", (K, lay.block_elements), np.bool_).reshape(-1)
+    ent = np.zeros(K, F32)
+    zcount = np.zeros(K, np.int64)
+    m1 = np.zeros(K)  # llama's float32 μ is off by its sum's rounding: the moments are re-centred
+    m2 = np.zeros(K)
+    m3 = np.zeros(K)
+    m4 = np.zeros(K)
+    top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
+    top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
+    n_top = np.minimum(TOP_CHANNELS, lay.n_live).astype(np.int64)
+    mean, dev, ok = c.mean, c.dev, c.ok
+    # moments of d = v - μ, divided by σ only where a float32 sum of d^4 could overflow
+    big = np.maximum(np.abs(p1.vmax.astype(np.float64)), np.abs(p1.vmin.astype(np.float64)))
+    safe_dev = np.where(dev > 0, dev, F32(1)).astype(F32)
+    scale = np.where(lay.n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
+    out = Pass2(ent, zcount, m1, m2, m3, m4, scale, top_v, top_i, n_top)
+    if not ok.any():
+        return out
+    ones = np.ones(s_max, F32)
+    safe_total = np.where(p1.total > 0, p1.total, F32(1)).astype(F32)
+    vstar = np.array([zd_threshold(mean[k], dev[k]) if ok[k] and dev[k] > 0 else np.inf
+                      for k in range(K)], dtype=F32)
+    need_scale = bool(np.any(scale != 1))
+    zero_cols = np.flatnonzero(p1.zeros)  # tensors with some v exactly 0 (dead channels)
+    top_rows = _top_rows(lay, p1.row_max, ok, n_top)
+    top = _TopMerger(top_v, top_i)
+    for r0, r1, raw in reader.blocks():
+        dead_block = ~lay.live[:, r0:r1]
+        for s0, s1, vals in reader.subs(r0, r1, raw):
+            dead_rows = dead_block[:, s0 - r0 : s1 - r0]
+            L = (s1 - s0) * w
+            r3 = vals.reshape(K, s1 - s0, w)  # v, in place: each pass reads the file again
+            np.divide(r3, lay.cnt[:, s0:s1, None], out=r3)
+            # ZD: v >= v*, counted eight to a word (the rows llama skips: 0 < v*)
+            ge = np.greater_equal(vals, vstar[:, None], out=flat2(gbuf, K, L))
+            out.zcount += row_counts(ge)
+            ks, rs = np.nonzero(top_rows[:, s0:s1])
+            if ks.size:  # a few rows a tensor: each row's own best TOP_CHANNELS
+                vk = r3[ks, rs]
+                gi, gj = np.nonzero(_row_best(vk))
+                top.add(ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj)
+            # the entropy: fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose
+            # row 0 continues the chains: their last value times 1
+            pk = pbuf[:, :L]
+            np.divide(vals, safe_total[:, None], out=pk)
+            # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
+            # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
+            # < 0, or +0.0)
+            any_dead = bool(dead_rows.any())
+            if any_dead:
+                pk.reshape(K, s1 - s0, w)[dead_rows] = 1
+            if zero_cols.size:  # only the tensors that have zeros
+                zp = pk[zero_cols]
+                zp[zp == 0] = 1
+                pk[zero_cols] = zp
+            pt = tbuf[: L + 1]
+            np.copyto(pt[1:], pk.T)
+            lg = sbuf[: L + 1]
+            np.log2(pt[1:], out=lg[1:])
+            new = chain_products(lg, pt, out.ent)
+            if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
+                # 0 * log2(tiny) = -0.0 leaves the chain as it is
+                np.log2(np.maximum(pt[1:], _TINY, out=lg[1:]), out=lg[1:])
+                new = chain_products(lg, pt, out.ent)
+            out.ent = new
+            # the moments, about μ
+            d = np.subtract(vals, mean[:, None], out=vals)
+            if any_dead:  # the rows llama skips add nothing (their -μ would drown small moments)
+                d.reshape(K, s1 - s0, w)[dead_rows] = 0
+            if need_scale:
+                np.divide(d, scale[:, None], out=d)
+            d2 = np.multiply(d, d, out=pk)
+            out.m1 += rowdot(d, ones[:L])
+            out.m2 += rowdot(d, d)
+            out.m3 += rowdot(d2, d)
+            out.m4 += rowdot(d2, d2)
+    top.merge()
+    return out
+
+
+# --- top channels -------------------------------------------------------------------------------
+
+def _top_rows(lay: Layout, row_max: np.ndarray, ok: np.ndarray, n_top: np.ndarray) -> np.ndarray:
+    """(K, rows): the rows that can hold a tensor's top values, those of its n_top largest row maxima
+    (ties included): a row below them has n_top rows whose maxima beat its every value."""
+    rows = lay.rows
+    top_rows = np.zeros((lay.K, rows), bool)
+    for k in np.flatnonzero(ok & (n_top > 0)):  # (helper columns are not ok)
+        kth = np.partition(row_max[k], rows - n_top[k])[rows - n_top[k]] if rows > n_top[k] else -np.inf
+        top_rows[k] = (row_max[k] >= kth) & lay.live[k]
+    return top_rows
+
+
+def _row_best(v: np.ndarray) -> np.ndarray:
+    """Each row's TOP_CHANNELS largest values (ties: the lower index) as a mask; a shorter row: all of it."""
+    n = v.shape[1]
+    if n <= TOP_CHANNELS:
+        return np.ones(v.shape, bool)
+    kth = np.partition(v, n - TOP_CHANNELS, axis=1)[:, n - TOP_CHANNELS, None]
+    take = v > kth
+    tie = v == kth
+    need = TOP_CHANNELS - take.sum(axis=1, keepdims=True)  # places left for values equal to kth
+    return take | (tie & (np.cumsum(tie, axis=1) <= need))
+
+
+class _TopMerger:
+    """Candidates (tensor, value, flat index) gathered, merged into the top lists now and then."""
+
+    LIMIT = 1 << 16  # ties can make many rows candidates: merge as they come
+
+    def __init__(self, top_v: np.ndarray, top_i: np.ndarray):
+        self.top_v, self.top_i = top_v, top_i
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.n = 0
+
+    def add(self, grp: np.ndarray, vals: np.ndarray, flat: np.ndarray) -> None:
+        self.pending.append((grp, vals, flat))
+        self.n += grp.size
+        if self.n > self.LIMIT:
+            self.merge()
+
+    def merge(self) -> None:
+        if self.pending:
+            g, v, i = (np.concatenate(a) for a in zip(*self.pending))
+            _top_merge(self.top_v, self.top_i, np.unique(g), g, v, i)
+            self.pending.clear()
+            self.n = 0
 
 
 def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.ndarray, vals: np.ndarray,
@@ -251,628 +430,110 @@ def _top_merge(top_v: np.ndarray, top_i: np.ndarray, rows: np.ndarray, grp: np.n
     top_i[rows] = i[keep].reshape(-1, width)
 
 
-def run_batch(cols: list[Column], path: str | None, cancelled: Callable[[], bool] | None,
-              scratch: dict | None = None, sub_elements: int | None = None) -> list[TensorResult]:
-    """Statistics of the batch's non-helper columns (all of one shape), in column order.
+# --- skewness and kurtosis -----------------------------------------------------------------------
 
-    `scratch`: block buffers kept from an earlier batch of the same thread (filled in here).
-    `sub_elements`: elements computed on at a time (default SUB_ELEMENTS). Threads sharing the GIL
-    want fewer, larger numpy calls (THREAD_SUB_ELEMENTS).
-    """
-    if sub_elements is None:
-        sub_elements = SUB_ELEMENTS
-    if scratch is None:
-        scratch = {}
-    n_mat, n_in = cols[0].entry.shape
-    n = n_mat * n_in
-    K = len(cols)
-    # The element order is all that the chains see, so each tensor is treated as rows of w elements
-    # (w divides n_in: a row of the file is q of them, and they share its count): K * w, a row of
-    # the batch, then fits a sub-block even for 7168-wide experts
-    w = _row_width(n_in, K, sub_elements)
-    q = n_in // w
-    rows = n_mat * q
-    sub_rows = max(1, min(rows, sub_elements // max(1, K * w)))
-    rows_per_block = max(sub_rows, min(rows, BLOCK_ELEMENTS // max(1, K * w)) // sub_rows * sub_rows)
-    sources = [_Source(c.entry) for c in cols]
-    counts = np.stack([np.asarray(c.entry.counts, dtype=np.float64).reshape(-1) for c in cols])  # (K, n_mat)
-    live = counts > 0
-    n_live = live.sum(axis=1) * n_in
-    # llama divides a float by the int64 count: the count becomes a float32
-    cnt = np.repeat(np.where(live, counts, np.inf).astype(F32), q, axis=1)  # x / inf = 0 for the rows it skips
-    live = np.repeat(live, q, axis=1)  # (K, rows)
-
-    results = [TensorResult(c.name) for c in cols]
-    total = np.zeros(K, F32)
-    sqr = np.zeros(K, F32)
-    mag = np.zeros(K, F32)
-    dp = np.zeros(K, F32)  # dp[j]: column j with column j + 1
-    inactive = np.zeros(K, np.int64)
-    zeros = np.zeros(K, np.int64)
-    # each tensor's largest values, best first (ties: the lower index), padded with -inf
-    top_v = np.full((K, TOP_CHANNELS), -np.inf, F32)
-    top_i = np.full((K, TOP_CHANNELS), np.iinfo(np.int64).max, np.int64)
-    kk = np.minimum(TOP_CHANNELS, n_live).astype(np.int64)
-    rawmax = np.empty((K, rows), F32)  # each row's largest and smallest raw value
-    rawmin = np.empty((K, rows), F32)
-    # the (tensor, element) matrices that get transposed have a row stride of an odd multiple of 64 bytes:
-    # with a multiple of 4096 (7168-wide experts, two rows) every row maps to the same cache sets and
-    # the transposing copy runs 2.5x slower
-    l_max = rows_per_block * w
-    buf = _scratch(scratch, "raw", (K, _padded(l_max)), F32)[:, :l_max]
-    s_max = sub_rows * w
-    pbuf = _scratch(scratch, "p", (K, _padded(s_max)), F32)[:, :s_max]
-    # scratch of the (element, tensor) passes, reused sub-block after sub-block (and batch after batch)
-    tbuf = _scratch(scratch, "t", (s_max + 1, K), F32)  # + 1: pass 2's row of chain seeds
-    vbuf = _scratch(scratch, "v", (s_max, K), F32)
-    sbuf = _scratch(scratch, "s", (s_max + 1, K), F32)
-    tile = next(t for t in (16, 8, 4, 2, 1) if w % t == 0)
-    fds: dict[str, int] = {}
-    full_views = [memoryview(buf[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
-
-    def blocks():
-        """(r0, r1, raw, dead): read blocks of rows r0..r1, raw (K, (r1 - r0) * w) a view of buf."""
-        for r0 in range(0, rows, rows_per_block):
-            if cancelled is not None and cancelled():
-                raise InterruptedError("statistics cancelled")
-            r1 = min(rows, r0 + rows_per_block)
-            e0, e1 = r0 * w, r1 * w
-            raw = buf[:, : e1 - e0]
-            if e1 - e0 == buf.shape[1]:
-                views = full_views
-            else:
-                views = [memoryview(raw[k]).cast("B") for k in range(K)] if _HAS_PREADV else None
-            nbytes = 4 * (e1 - e0)
-            for k, src in enumerate(sources):
-                if views is not None and src.array is None:  # one syscall straight into the block
-                    fd, off = src.fd_offset(fds)
-                    if os.preadv(fd, [views[k]], off + 4 * e0) != nbytes:
-                        raise TruncatedError("the file ends inside its tensor data", src.slice.path)
-                else:
-                    src.read_into(raw[k], e0, fds)
-            yield r0, r1, raw, ~live[:, r0:r1]
-        # a file rewritten while we read it (llama-imatrix rewrites in place) must not give numbers
-        for src in sources:
-            if src.slice is not None:
-                check_stamp(fds[src.slice.path], src.slice)
-
-    def subs(r0: int, r1: int, raw: np.ndarray):
-        """(s0, s1, part): the sub-blocks of a read block, part (K, (s1 - s0) * w) a view of raw."""
-        for s0 in range(r0, r1, sub_rows):
-            s1 = min(r1, s0 + sub_rows)
-            yield s0, s1, raw[:, (s0 - r0) * w : (s1 - r0) * w]
-
-    athr = _raw_thresholds(cnt, ACTIVE_THRESHOLD)  # (K, rows)
-    # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
-    ctile = np.tile(cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
-    gbuf = _scratch(scratch, "g", (K, l_max), np.bool_).reshape(-1)  # a read block (l_max >= s_max)
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # top-list candidates (tensor, v, index)
-    n_pending = 0
-
-    def merge_pending() -> None:
-        nonlocal n_pending
-        if pending:
-            g, v, i = (np.concatenate(a) for a in zip(*pending))
-            _top_merge(top_v, top_i, np.unique(g), g, v, i)
-            pending.clear()
-            n_pending = 0
-
-    def whole(entry: Entry) -> np.ndarray:
-        """A tensor's flat sums2, read as the blocks are (stamp-checked), for the rare cases done apart."""
-        src = _Source(entry)
-        arr = np.empty(entry.size, F32)
-        src.read_into(arr, 0, fds)
-        if src.slice is not None:
-            check_stamp(fds[src.slice.path], src.slice)
-        return arr
-
-    try:
-        with np.errstate(all="ignore"):
-            # pass 1: Σ, Σv², each row's min and max, % active, zeros, CosSim inner products
-            for r0, r1, raw, dead_rows in blocks():
-                for s0, s1, part in subs(r0, r1, raw):
-                    m = s1 - s0
-                    p3 = part.reshape(K, m, w)
-                    p3.max(axis=2, out=rawmax[:, s0:s1])  # v = fl(raw / c) is monotone in raw
-                    p3.min(axis=2, out=rawmin[:, s0:s1])
-                    # the float32 chains, on (element, tensor) matrices
-                    L = m * w
-                    rt = tbuf[:L]
-                    np.copyto(rt, part.T)
-                    vt = vbuf[:L]
-                    # v = fl(raw / count), on the (element, tensor) matrix
-                    np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
-                    row0 = vt[0].copy()  # _chain adds the running sum into the first row
-                    total = _chain(vt, total)
-                    vt[0] = row0
-                    np.multiply(vt, vt, out=vt)  # in place: half the memory traffic of a second matrix
-                    sqr = _chain(vt, sqr)
-                    if K > 1:
-                        # column j times column j + 1 as one contiguous multiply of the flat matrix shifted
-                        # by one element (the last column pairs across rows: unused)
-                        pr = vt  # free again: the sums of v and v^2 are done
-                        flat, pflat = rt.reshape(-1), pr.reshape(-1)
-                        np.multiply(flat[:-1], flat[1:], out=pflat[:-1])
-                        pflat[-1] = 0
-                        dp = _chain(pr, dp)
-                    np.multiply(rt, rt, out=rt)
-                    mag = _chain(rt, mag)
-                # % active and dead channels, read block by read block: only rows with a v <= 1e-5 count
-                m = r1 - r0
-                c = cnt[:, r0:r1]
-                r3 = raw.reshape(K, m, w)
-                rmin = np.where(dead_rows, np.inf, rawmin[:, r0:r1] / c)
-                cand = rmin <= ACTIVE_THRESHOLD
-                n_cand = int(np.count_nonzero(cand))
-                if 4 * n_cand > cand.size:  # most rows: the whole block, no row copies
-                    le = np.less_equal(r3, athr[:, r0:r1, None], out=_flat2(gbuf, K, m * w).reshape(K, m, w))
-                    inactive += _row_counts(le.reshape(K, m * w))
-                elif n_cand:  # v <= 1e-5 is raw <= athr, each row's raw threshold
-                    ks, rs = np.divmod(np.flatnonzero(cand), m)
-                    le = r3[ks, rs] <= athr[ks, r0 + rs][:, None]
-                    np.add.at(inactive, ks, np.add.reduce(le.view(np.uint8), axis=1, dtype=np.int32))
-                if n_cand:  # dead channels: v == 0
-                    ks, rs = np.divmod(np.flatnonzero(rmin == 0), m)
-                    if ks.size:
-                        vk = r3[ks, rs] / c[ks, rs][:, None]
-                        np.add.at(zeros, ks, np.add.reduce((vk == 0).view(np.uint8), axis=1, dtype=np.int32))
-            # each row's largest and smallest v; the rows llama skips take no part
-            rmax_all = np.where(live, rawmax / cnt, -np.inf)
-            vmax = rmax_all.max(axis=1)
-            vmin = np.where(live, rawmin / cnt, np.inf).min(axis=1)
-
-            mean = np.zeros(K, F32)
-            dev = np.zeros(K, F32)
-            ok = np.zeros(K, bool)
-            for k, c in enumerate(cols):
-                r = results[k]
-                if c.helper:
-                    continue
-                if n_live[k] == 0:
-                    r.skipped = True
-                    continue
-                if not np.isfinite(mag[k]):
-                    bad = _count_nonfinite(sources[k], n, fds)
-                    if bad:
-                        r.error = f"tensor {c.name} has {bad} non-finite values (NaN or Inf)"
-                        continue
-                if vmin[k] < 0:
-                    r.error = f"tensor {c.name} has negative sums of squares (min {float(vmin[k]):g})"
-                    continue
-                if not (np.isfinite(total[k]) and np.isfinite(sqr[k])):
-                    r.error = (f"tensor {c.name} has values too large for float32 statistics "
-                               f"(max {float(vmax[k]):g}: their sums overflow to Inf)")
-                    continue
-                nf = F32(n_live[k])
-                mean[k] = F32(total[k] / nf)
-                var = F32(F32(sqr[k] / nf) - F32(mean[k] * mean[k]))
-                dev[k] = F32(np.sqrt(max(F32(0.0), var)))
-                ok[k] = True
-            if any(r.error for r in results):
-                return [r for r, c in zip(results, cols) if not c.helper]
-
-            # pass 2: entropy (needs Σ), ZD (needs μ, σ), top channels (need the row maxima), moments
-            ent = np.zeros(K, F32)
-            zcount = np.zeros(K, np.int64)
-            m2 = np.zeros(K)
-            m3 = np.zeros(K)
-            m4 = np.zeros(K)
-            m1 = np.zeros(K)  # llama's float32 μ is off by its sum's rounding: the moments are re-centred
-            ones = np.ones(s_max, F32)
-            safe_total = np.where(total > 0, total, F32(1)).astype(F32)
-            safe_dev = np.where(dev > 0, dev, F32(1)).astype(F32)
-            # llama counts fl(fl(v - μ) / σ) > 1; that is monotone in v, so it is v >= v* for one v*
-            vstar = np.array([_z_threshold(mean[k], dev[k]) if ok[k] and dev[k] > 0 else np.inf
-                              for k in range(K)], dtype=F32)
-            # moments of d = v - μ, divided by σ only where a float32 sum of d^4 could overflow
-            big = np.maximum(np.abs(vmax.astype(np.float64)), np.abs(vmin.astype(np.float64)))
-            scale = np.where(n_live.astype(np.float64) * big**4 < 1e36, F32(1), safe_dev).astype(F32)
-            need_scale = bool(np.any(scale != 1))
-            zero_cols = np.flatnonzero(zeros)  # tensors with some v exactly 0 (dead channels)
-            # a tensor's top values lie in its rows of the largest row maxima (kk of them, ties included):
-            # a row below them has kk rows whose maxima beat its every value
-            top_rows = np.zeros((K, rows), bool)
-            for k in np.flatnonzero(ok & (kk > 0)):  # (helper columns are not ok)
-                kth = np.partition(rmax_all[k], rows - kk[k])[rows - kk[k]] if rows > kk[k] else -np.inf
-                top_rows[k] = (rmax_all[k] >= kth) & live[k]
-            if ok.any():
-                for r0, r1, raw, dead_block in blocks():
-                    for s0, s1, vals in subs(r0, r1, raw):
-                        dead_rows = dead_block[:, s0 - r0 : s1 - r0]
-                        L = (s1 - s0) * w
-                        r3 = vals.reshape(K, s1 - s0, w)  # v, in place: each pass reads the file again
-                        np.divide(r3, cnt[:, s0:s1, None], out=r3)
-                        ge = np.greater_equal(vals, vstar[:, None], out=_flat2(gbuf, K, L))  # skipped rows: 0 < v*
-                        zcount += _row_counts(ge)
-                        ks, rs = np.nonzero(top_rows[:, s0:s1])
-                        if ks.size:  # a few rows a tensor: each row's own best TOP_CHANNELS
-                            vk = r3[ks, rs]
-                            gi, gj = np.nonzero(_row_best(vk))
-                            pending.append((ks[gi], vk[gi, gj], (s0 + rs[gi]) * w + gj))
-                            n_pending += gi.size
-                            if n_pending > 1 << 16:  # ties can make many rows candidates: merge as they come
-                                merge_pending()
-                        # fl(v / Σ) as llama, then p * log2(p) on the (element, tensor) matrix, whose row 0
-                        # continues the chains: their last value times 1
-                        pk = pbuf[:, :L]
-                        np.divide(vals, safe_total[:, None], out=pk)
-                        # a p of 0 (a row llama skips, a dead channel) is skipped by llama: as 1 here, and
-                        # 1 * log2(1) = +0.0 leaves a chain as it is (a chain here is never -0.0: its terms are
-                        # < 0, or +0.0)
-                        any_dead = bool(dead_rows.any())
-                        if any_dead:
-                            pk.reshape(K, s1 - s0, w)[dead_rows] = 1
-                        if zero_cols.size:  # only the tensors that have zeros
-                            zp = pk[zero_cols]
-                            zp[zp == 0] = 1
-                            pk[zero_cols] = zp
-                        pt = tbuf[: L + 1]
-                        np.copyto(pt[1:], pk.T)
-                        lg = sbuf[: L + 1]
-                        np.log2(pt[1:], out=lg[1:])
-                        new = _chain_products(lg, pt, ent)
-                        if np.isnan(new).any():  # v / Σ underflowed to 0 somewhere: 0 * log2(0) is NaN, and
-                            # 0 * log2(tiny) = -0.0 leaves the chain as it is
-                            np.log2(np.maximum(pt[1:], _TINY, out=lg[1:]), out=lg[1:])
-                            new = _chain_products(lg, pt, ent)
-                        ent = new
-                        d = np.subtract(vals, mean[:, None], out=vals)
-                        if any_dead:  # the rows llama skips add nothing (their -μ would drown small moments)
-                            d.reshape(K, s1 - s0, w)[dead_rows] = 0
-                        if need_scale:
-                            np.divide(d, scale[:, None], out=d)
-                        d2 = np.multiply(d, d, out=pk)
-                        m1 += _rowdot(d, ones[:L])
-                        m2 += _rowdot(d, d)
-                        m3 += _rowdot(d2, d)
-                        m4 += _rowdot(d2, d2)
-                merge_pending()
-            # moments about the exact mean from those about μ (δ = exact mean - μ, tiny against σ)
-            skew: dict[int, float | None] = {}
-            kurt: dict[int, float | None] = {}
-            for k in np.flatnonzero(ok):
-                nl = int(n_live[k])
-                dl, e2, e3, e4 = m1[k] / nl, m2[k] / nl, m3[k] / nl, m4[k] / nl
-                c2 = e2 - dl * dl
-                c3 = e3 - 3 * dl * e2 + 2 * dl**3
-                c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
-                if not (vmax[k] > vmin[k]):
-                    skew[k] = kurt[k] = None  # equal values: no shape
-                elif c2 > 1e-2 * e2 and math.isfinite(c3) and math.isfinite(c4):
-                    skew[k], kurt[k] = float(c3 / c2**1.5), float(c4 / (c2 * c2) - 3.0)
-                else:  # values equal but for their last bits (c2 is rounding noise here): in float64
-                    from imatui.stats.tensor import shape_moments
-
-                    hit = live[k, ::q]  # the file's rows (each is q of ours)
-                    v = whole(cols[k].entry).reshape(n_mat, n_in)[hit] / cnt[k, ::q][hit, None]
-                    skew[k], kurt[k] = shape_moments(v)
-            # llama compares the flat vectors of blk N and N-1 whenever the sizes agree: another shape
-            # of the same size is compared apart, from the two whole tensors
-            partner_cos: dict[int, float | None] = {}
-            for k, c in enumerate(cols):
-                if c.cos_partner is not None and not c.helper:
-                    from imatui.stats.tensor import _cos_f32
-
-                    partner_cos[k] = _cos_f32(whole(c.entry), whole(c.cos_partner))
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-    out: list[TensorResult] = []
-    for k, c in enumerate(cols):
-        if c.helper:
-            continue
-        r = results[k]
-        # CosSim from the raw inner products (llama's compute_cossim, float32)
-        if c.cos_undefined:
-            r.cossim = None
-        elif c.cos_partner is not None:
-            r.cossim = partner_cos[k]
-        elif c.prev_adjacent and k > 0:
-            ma = np.sqrt(mag[k], dtype=F32)
-            mb = np.sqrt(mag[k - 1], dtype=F32)
-            denom = F32(ma * mb)
-            d_ = dp[k - 1]
-            r.cossim = None if (not np.isfinite(d_) or denom == 0 or not np.isfinite(denom)) else float(F32(d_ / denom))
-        if r.skipped or not ok[k]:
-            out.append(r)
-            continue
-        nf = F32(n_live[k])
-        nl = int(n_live[k])
-        r.n = nl
-        r.total, r.vmin, r.vmax = float(total[k]), float(vmin[k]), float(vmax[k])
-        r.mean, r.dev = float(mean[k]), float(dev[k])
-        r.active = float(F32(1) - F32(inactive[k]) / nf)
-        entropy = F32(-ent[k]) if total[k] > 0 else F32(0.0)
-        r.entropy = float(entropy)
-        r.entropy_norm = float(F32(entropy / F32(math.log2(nl)))) if nl > 1 else 0.0
-        r.zd = float(F32(F32(zcount[k] if dev[k] > 0 else 0) / nf))
-        r.skewness, r.kurtosis = skew[k], kurt[k]
-        r.dead = int(zeros[k])
-        tv, ti = top_v[k, : kk[k]], top_i[k, : kk[k]]
-        r.top_channels = [int(i) for i in ti]
-        r.top_values = [float(v) for v in tv]
-        out.append(r)
+def moments(lay: Layout, reader: BlockReader, p1: Pass1, c: Centre,
+            p2: Pass2) -> dict[int, tuple[float | None, float | None]]:
+    """(skewness, excess kurtosis) of each ok tensor, about the exact mean from the moments about μ
+    (δ = exact mean - μ, tiny against σ); None for equal values."""
+    out: dict[int, tuple[float | None, float | None]] = {}
+    for k in np.flatnonzero(c.ok):
+        nl = int(lay.n_live[k])
+        dl, e2, e3, e4 = p2.m1[k] / nl, p2.m2[k] / nl, p2.m3[k] / nl, p2.m4[k] / nl
+        c2 = e2 - dl * dl
+        c3 = e3 - 3 * dl * e2 + 2 * dl**3
+        c4 = e4 - 4 * dl * e3 + 6 * dl * dl * e2 - 3 * dl**4
+        if not (p1.vmax[k] > p1.vmin[k]):
+            out[k] = (None, None)  # equal values: no shape
+        elif c2 > 1e-2 * e2 and math.isfinite(c3) and math.isfinite(c4):
+            out[k] = (float(c3 / c2**1.5), float(c4 / (c2 * c2) - 3.0))
+        else:  # values equal but for their last bits (c2 is rounding noise here): in float64
+            hit = lay.live[k, :: lay.q]  # the file's rows (each is q of ours)
+            v = reader.whole(k).reshape(lay.n_mat, lay.n_in)[hit] / lay.cnt[k, :: lay.q][hit, None]
+            out[k] = shape_moments(v)
     return out
 
 
-def _row_width(n_in: int, k: int, sub_elements: int) -> int:
-    """The widest w dividing n_in with k * w <= sub_elements, not below MIN_WIDTH (else n_in itself)."""
-    if k * n_in <= sub_elements:
-        return n_in
-    d = -(-k * n_in // sub_elements)  # the fewest pieces that could fit
-    while n_in // d >= MIN_WIDTH:
-        if n_in % d == 0:
-            return n_in // d
-        d += 1
-    return n_in
+def shape_moments(vals: np.ndarray) -> tuple[float | None, float | None]:
+    """Skewness and excess kurtosis of the values, in float64; None when all values are equal."""
+    v64 = vals.astype(np.float64).reshape(-1)
+    d = v64 - v64.mean()
+    d2 = d * d
+    m2 = float(d2.mean())
+    if not (m2 > 0 and v64.max() > v64.min()):  # equal values: no shape (m2 would be rounding noise)
+        return None, None
+    # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
+    return float(np.dot(d2, d) / d.size / m2**1.5), float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
 
 
-def _padded(n: int) -> int:
-    """n rounded up to 16 more than a multiple of 32 floats: a row stride of an odd multiple of 64 bytes."""
-    return n + (16 - n) % 32
+# --- CosSim -------------------------------------------------------------------------------------
+
+def cos_f32(a: np.ndarray, b: np.ndarray) -> float | None:
+    """llama.cpp's compute_cossim of two flat vectors: float32 inner products in order, no guard (we
+    return None instead)."""
+    dp = np.cumsum(a * b, dtype=F32)[-1] if a.size else F32(0)
+    ma = np.sqrt(np.cumsum(a * a, dtype=F32)[-1] if a.size else F32(0), dtype=F32)
+    mb = np.sqrt(np.cumsum(b * b, dtype=F32)[-1] if b.size else F32(0), dtype=F32)
+    return _cos_of(dp, ma, mb)
 
 
-def _row_best(v: np.ndarray) -> np.ndarray:
-    """Each row's TOP_CHANNELS largest values (ties: the lower index) as a mask; a shorter row: all of it."""
-    n = v.shape[1]
-    if n <= TOP_CHANNELS:
-        return np.ones(v.shape, bool)
-    kth = np.partition(v, n - TOP_CHANNELS, axis=1)[:, n - TOP_CHANNELS, None]
-    take = v > kth
-    tie = v == kth
-    need = TOP_CHANNELS - take.sum(axis=1, keepdims=True)  # places left for values equal to kth
-    return take | (tie & (np.cumsum(tie, axis=1) <= need))
+def _cos_of(dp: np.float32, ma: np.float32, mb: np.float32) -> float | None:
+    denom = F32(ma * mb)
+    if not np.isfinite(dp) or denom == 0 or not np.isfinite(denom):
+        return None
+    return float(F32(dp / denom))
 
 
-def _raw_thresholds(cnt: np.ndarray, limit: np.float32) -> np.ndarray:
-    """Per (tensor, row): the largest float32 r with fl(r / count) <= limit (fl(r / c) is monotone in r),
-    -inf for the rows llama skips (count inf)."""
-    with np.errstate(all="ignore"):
-        r = (cnt * limit).astype(F32)
-        for _ in range(64):
-            over = (r / cnt) > limit
-            if not over.any():
-                break
-            r = np.where(over, np.nextafter(r, F32(-np.inf), dtype=F32), r)
-        for _ in range(64):
-            up = np.nextafter(r, F32(np.inf), dtype=F32)
-            ok = (up / cnt) <= limit
-            if not ok.any():
-                break
-            r = np.where(ok, up, r)
-    r[~np.isfinite(cnt)] = -np.inf
-    return r
+def _cossim(k: int, col: Column, p1: Pass1, partner_cos: dict[int, float | None]) -> float | None:
+    """CosSim of column k with block N-1's tensor: from pass 1's raw inner products (llama's
+    compute_cossim, float32) when that is the column before, else apart."""
+    if col.cos_undefined:
+        return None
+    if col.cos_partner is not None:
+        return partner_cos[k]
+    if col.prev_adjacent and k > 0:
+        return _cos_of(p1.dp[k - 1], np.sqrt(p1.mag[k], dtype=F32), np.sqrt(p1.mag[k - 1], dtype=F32))
+    return 0.0  # llama leaves 0 when blk N-1 has no such tensor (always so for blk 0)
 
 
-def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Each row of a with the same row of b (float32; BLAS-fast np.vecdot where numpy has it)."""
-    if _VECDOT is not None:
-        return _VECDOT(a, b)
-    return np.einsum("ij,j->i" if b.ndim == 1 else "ij,ij->i", a, b)
+# --- the finish ---------------------------------------------------------------------------------
 
-
-_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
-
-
-def _z_threshold(mean: np.float32, dev: np.float32) -> np.float32:
-    """The smallest float32 v with fl(fl(v - mean) / dev) > 1 (llama's one-tailed ZD test)."""
-    one = F32(1)
-
-    def hit(v: np.float32) -> bool:
-        return bool(F32(F32(v - mean) / dev) > one)
-
-    v = F32(mean + dev)
-    if hit(v):
-        while hit(down := np.nextafter(v, F32(-np.inf), dtype=F32)):
-            v = down
-        return v
-    while not hit(v):
-        v = np.nextafter(v, F32(np.inf), dtype=F32)
-    return v
-
-
-def _count_nonfinite(src: _Source, n: int, fds: dict[str, int]) -> int:
-    bad = 0
-    step = BLOCK_ELEMENTS
-    tmp = np.empty(min(n, step), F32)
-    for s in range(0, n, step):
-        part = tmp[: min(step, n - s)]
-        src.read_into(part, s, fds)
-        bad += int(np.count_nonzero(~np.isfinite(part)))
-    return bad
-
-
-def default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
-
-
-def plan_batches(order: list[str], entries: dict[str, Entry], template: Callable[[str], tuple[str, int]],
-                 threads: int = 1) -> list[list[Column]]:
-    """Group tensors by shape (in the statistics order) into batches of at most MAX_COLUMNS.
-
-    A tensor's CosSim partner (blk N-1, same name otherwise) comes right before it in the order;
-    when a batch boundary falls between them, the partner is read again as the batch's helper.
-    """
-    by_shape: dict[tuple[int, int], list[str]] = {}
-    for name in order:
-        by_shape.setdefault(tuple(entries[name].shape), []).append(name)
-    prev_of: dict[str, str | None] = {}
-    last_t, last_b, last_name = None, None, None
-    for name in order:
-        t, b = template(name)
-        prev_of[name] = last_name if (t == last_t and last_b is not None and b == last_b + 1 and b > 0) else None
-        last_t, last_b, last_name = t, b, name
-    batches: list[list[Column]] = []
-    for shape, names in by_shape.items():
-        # equal widths, and for big groups a multiple of the thread count, so the threads finish together
-        nb = -(-len(names) // MAX_COLUMNS)
-        if nb % threads and len(names) // (nb + threads - nb % threads) >= MIN_COLUMNS:
-            nb += threads - nb % threads
-        width = -(-len(names) // nb)
-        for s in range(0, len(names), width):
-            chunk = names[s : s + width]
-            cols: list[Column] = []
-            first_prev = prev_of[chunk[0]]
-            if first_prev is not None and tuple(entries[first_prev].shape) == shape:
-                cols.append(Column(first_prev, entries[first_prev], False, helper=True))
-            for name in chunk:
-                p = prev_of[name]
-                adjacent = p is not None and (cols[-1].name == p if cols else False)
-                other = p is not None and tuple(entries[p].shape) != shape
-                undefined = other and entries[p].size != entries[name].size
-                partner = entries[p] if other and not undefined else None
-                cols.append(Column(name, entries[name], adjacent, cos_undefined=undefined, cos_partner=partner))
-            batches.append(cols)
-    return batches
+def finish(cols: list[Column], lay: Layout, results: list[TensorResult], p1: Pass1, c: Centre, p2: Pass2,
+           shape: dict[int, tuple[float | None, float | None]],
+           partner_cos: dict[int, float | None]) -> list[TensorResult]:
+    """Each non-helper column's numbers, in float32 as llama prints them."""
+    out: list[TensorResult] = []
+    for k, col in enumerate(cols):
+        if col.helper:
+            continue
+        r = results[k]
+        r.cossim = _cossim(k, col, p1, partner_cos)
+        if r.skipped or not c.ok[k]:
+            out.append(r)
+            continue
+        nf = F32(lay.n_live[k])
+        nl = int(lay.n_live[k])
+        r.n = nl
+        r.total, r.vmin, r.vmax = float(p1.total[k]), float(p1.vmin[k]), float(p1.vmax[k])
+        r.mean, r.dev = float(c.mean[k]), float(c.dev[k])
+        r.active = float(F32(1) - F32(p1.inactive[k]) / nf)
+        entropy = F32(-p2.ent[k]) if p1.total[k] > 0 else F32(0.0)
+        r.entropy = float(entropy)
+        r.entropy_norm = float(F32(entropy / F32(math.log2(nl)))) if nl > 1 else 0.0
+        r.zd = float(F32(F32(p2.zcount[k] if c.dev[k] > 0 else 0) / nf))  # ZD: the fraction with z > 1
+        r.skewness, r.kurtosis = shape[k]
+        r.dead = int(p1.zeros[k])
+        r.top_channels = [int(i) for i in p2.top_i[k, : p2.n_top[k]]]
+        r.top_values = [float(v) for v in p2.top_v[k, : p2.n_top[k]]]
+        out.append(r)
+    return out
 
 
 def run_all(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
             progress: Callable[[int], None] | None = None, threads: int | None = None,
             fork: bool = False) -> dict[str, TensorResult]:
-    """Every batch's results by tensor name, on `threads` threads, or processes with `fork`.
-
-    numpy releases the GIL only inside its loops; two threads spend much of their time waiting for
-    it (on 2 cores, 2 threads do the work of 1.6). With `fork` (a single-threaded caller, on Linux:
-    the CLI), worker processes take shares of the batches and send their results back by pipe.
-    """
-    if threads is None:
-        threads = default_threads()
-    # the biggest batches first, so the threads finish together
-    batches = sorted(batches, key=lambda b: -sum(c.entry.size for c in b))
-    if fork and threads > 1 and len(batches) > 1 and _CAN_FORK and threading.active_count() == 1:
-        return _run_forked(batches, path, cancelled, progress, threads)
-    if threads == 1 or len(batches) == 1:
-        return {r.name: r for r in _run_serial(batches, path, cancelled, progress)}
-    out: dict[str, TensorResult] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def is_cancelled() -> bool:
-        return stop.is_set() or (cancelled is not None and cancelled())
-
-    scratch: dict[int, dict] = {}  # per thread
-
-    def work(cols: list[Column]) -> list[TensorResult]:
-        res = run_batch(cols, path, is_cancelled, scratch.setdefault(threading.get_ident(), {}),
-                        THREAD_SUB_ELEMENTS)
-        if progress is not None:
-            with lock:
-                progress(len(res))
-        return res
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imatui-stats") as pool:
-        futures = [pool.submit(work, b) for b in batches]
-        try:
-            for f in futures:
-                for r in f.result():
-                    out[r.name] = r
-        except BaseException:
-            stop.set()
-            raise
-    return out
+    """Every batch's statistics by tensor name (engine.run_all with run_batch)."""
+    return engine.run_all(run_batch, batches, path, cancelled, progress, threads, fork)
 
 
-def _run_serial(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
-                progress: Callable[[int], None] | None) -> list[TensorResult]:
-    """The batches one after the other, in this thread (L2-sized sub-blocks, one scratch for all)."""
-    scratch: dict = {}
-    res: list[TensorResult] = []
-    for b in batches:
-        part = run_batch(b, path, cancelled, scratch)
-        if progress is not None:
-            progress(len(part))
-        res.extend(part)
-    return res
-
-
-_CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")  # macOS: fork is unsafe with its libraries
-
-
-def _run_forked(batches: list[list[Column]], path: str | None, cancelled: Callable[[], bool] | None,
-                progress: Callable[[int], None] | None, workers: int) -> dict[str, TensorResult]:
-    """run_all over `workers` processes: this one takes the first share, forked children the others."""
-    shares: list[list[list[Column]]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for b in batches:  # biggest first, each to the least loaded share
-        i = loads.index(min(loads))
-        shares[i].append(b)
-        loads[i] += sum(c.entry.size for c in b)
-
-    children: list[tuple[int, int]] = []  # (pid, read end of its pipe), until reaped
-    out: dict[str, TensorResult] = {}
-    try:
-        for share in shares[1:]:
-            if not share:
-                continue
-            rfd, wfd = os.pipe()
-            # Ctrl-C between fork and the child's own handler would unwind the child into our code
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            try:
-                pid = os.fork()
-            except BaseException:
-                os.close(rfd)
-                os.close(wfd)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                raise
-            if pid == 0:  # the child: compute, send, and leave without running the parent's exit code
-                code = 0
-                try:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    os.close(rfd)
-                    for _, other in children:
-                        os.close(other)
-                    try:
-                        payload: tuple = ("ok", _run_serial(share, path, None, None))
-                    except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
-                        payload = ("error", e)
-                    try:
-                        data = pickle.dumps(payload)
-                    except Exception:  # noqa: BLE001
-                        data = pickle.dumps(("error", RuntimeError(repr(payload[1]))))
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(wfd, view):]
-                except BaseException:  # noqa: BLE001
-                    code = 1
-                finally:
-                    os._exit(code)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(wfd)
-            children.append((pid, rfd))
-        for r in _run_serial(shares[0], path, cancelled, progress):
-            out[r.name] = r
-        while children:
-            pid, rfd = children[0]
-            chunks = []
-            while chunk := os.read(rfd, 1 << 20):
-                chunks.append(chunk)
-            _, status = os.waitpid(pid, 0)
-            children.pop(0)
-            os.close(rfd)
-            try:
-                kind, value = pickle.loads(b"".join(chunks))
-            except Exception:  # noqa: BLE001 - nothing or a part: killed (out of memory?) while at work
-                raise ChildProcessError(f"a statistics worker process ended without its results (exit status "
-                                        f"{os.waitstatus_to_exitcode(status)})") from None
-            if kind == "error":
-                raise value
-            if progress is not None:
-                progress(len(value))
-            for r in value:
-                out[r.name] = r
-    finally:
-        for pid, rfd in children:  # on an error or Ctrl-C: stop the others
-            for step in (lambda: os.close(rfd), lambda: os.kill(pid, signal.SIGKILL), lambda: os.waitpid(pid, 0)):
-                try:
-                    step()
-                except OSError:
-                    pass
-    return out
-
-
-__all__ = ["TensorResult", "Column", "default_threads", "plan_batches", "run_all", "run_batch"]
+__all__ = ["TensorResult", "run_all", "run_batch", "zd_threshold", "shape_moments", "cos_f32"]

@@ -1,11 +1,9 @@
-"""Per-tensor and per-layer statistics, numerically as llama-imatrix --show-statistics computes them.
+"""Per-tensor and per-layer statistics reports, numerically as llama-imatrix --show-statistics.
 
-llama.cpp accumulates in float32, element by element (std::accumulate with 0.0f); we do the same
-with float32 cumulative sums so that every printed digit agrees, and compute our own extras
-(skewness, kurtosis, activation statistics) in float64.
-
-One pass reads each tensor once: tensors are visited kind by kind in block order, so the previous
-block's tensor (for CosSim and the activation distances) is still in hand.
+llama's per-tensor numbers come from the batched engine (imatui.stats.batched, exact to the float32
+digit); here they become TensorStats, with what llama does not print (skewness, kurtosis, expert
+counts, the activation statistics of in_sum, in float64) and the per-layer aggregates, which llama
+accumulates in float32 in its table's order.
 """
 
 from __future__ import annotations
@@ -18,22 +16,16 @@ from typing import Any, Callable
 import numpy as np
 
 from imatui.errors import CorruptError
-from imatui.imatrix import Imatrix, previous_layer_name, split_name
+from imatui.imatrix import Imatrix, split_name
+from imatui.stats import checks
+from imatui.stats.batched import run_all
+from imatui.stats.engine import default_threads, plan_batches
 
-ACTIVE_THRESHOLD = np.float32(1e-5)
-TOP_CHANNELS = 8
 # ECS = K * exp(-alpha * L2) * |cos|^gamma (llama.cpp imatrix README, "preferred" mode)
 ECS_K, ECS_ALPHA, ECS_GAMMA = 100.0, 0.01, 10.0
 
 _F32 = np.float32
 _BLK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
-
-
-def _seqsum(x: np.ndarray) -> np.float32:
-    """float32 sum in element order, as std::accumulate(begin, end, 0.0f)."""
-    if x.size == 0:
-        return _F32(0.0)
-    return np.cumsum(x, dtype=np.float32)[-1]
 
 
 @dataclass
@@ -143,29 +135,6 @@ def _template(name: str) -> tuple[str, int]:
     return name[: m.start(1)] + "{}" + name[m.end(1) :], int(m.group(1))
 
 
-def _cos_f32(a: np.ndarray, b: np.ndarray) -> float | None:
-    """llama.cpp's compute_cossim: float32 inner products in order, no guard (we return None instead)."""
-    dp = _seqsum(a * b)
-    ma = np.sqrt(_seqsum(a * a), dtype=_F32)
-    mb = np.sqrt(_seqsum(b * b), dtype=_F32)
-    denom = _F32(ma * mb)
-    if not np.isfinite(dp) or denom == 0 or not np.isfinite(denom):
-        return None
-    return float(_F32(dp / denom))
-
-
-def shape_moments(vals: np.ndarray) -> tuple[float | None, float | None]:
-    """Skewness and excess kurtosis of the values, in float64; None when all values are equal."""
-    v64 = vals.astype(np.float64).reshape(-1)
-    d = v64 - v64.mean()
-    d2 = d * d
-    m2 = float(d2.mean())
-    if not (m2 > 0 and v64.max() > v64.min()):  # equal values: no shape (m2 would be rounding noise)
-        return None, None
-    # d * d2, not d**3: numpy's pow on negative float64 bases is ~50x slower than a multiply
-    return float(np.dot(d2, d) / d.size / m2**1.5), float(np.dot(d2, d2) / d.size / (m2 * m2) - 3.0)
-
-
 def _entropy_bits(w: np.ndarray) -> float:
     total = float(w.sum(dtype=np.float64))
     if total <= 0:
@@ -174,117 +143,12 @@ def _entropy_bits(w: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-@dataclass
-class _Prev:
-    raw: np.ndarray  # raw sums2, flat float32
-    act: np.ndarray | None  # mean activations (zero rows kept), float64
-
-
-def _tensor_stats(name: str, sums2: np.ndarray, counts: np.ndarray, sums: np.ndarray | None,
-                  prev: _Prev | None, path: str | None) -> tuple[TensorStats | None, str | None, _Prev]:
-    n_mat, n_in = sums2.shape
-    raw = np.ascontiguousarray(sums2, dtype=_F32).reshape(-1)
-    layer, kind = split_name(name)
-    # a float64 sum of float32 values cannot overflow: it is non-finite only if some value is NaN or
-    # Inf (also in the rows of unused experts, which the statistics skip but a quantizer would read)
-    if not math.isfinite(float(raw.sum(dtype=np.float64))):
-        bad = int(np.count_nonzero(~np.isfinite(raw)))
-        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
-    live = counts > 0
-    n_live = int(live.sum())
-
-    act_full = None
-    if sums is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            act_full = np.where(live[:, None], sums.astype(np.float64) / np.where(live, counts, 1)[:, None], 0.0)
-        act_full = act_full.reshape(-1)
-    state = _Prev(raw=raw, act=act_full)
-
-    if n_live == 0:
-        return None, "every matrix has a zero count (no tokens reached it)", state
-
-    if n_live == n_mat:
-        rows = sums2
-        cnt = counts.astype(_F32)
-    else:
-        rows = sums2[live]
-        cnt = counts[live].astype(_F32)
-    vals = (np.asarray(rows, dtype=_F32) / cnt[:, None]).astype(_F32, copy=False).reshape(-1)
-    vmin = _F32(vals.min())
-    if vmin < 0:
-        raise CorruptError(f"tensor {name} has negative sums of squares (min {float(vmin):g})", path)
-    n = vals.size
-    nf = _F32(n)
-    total = _seqsum(vals)
-    vmax = _F32(vals.max())
-    mean = _F32(total / nf)
-    sq = vals * vals
-    sqr_total = _seqsum(sq)
-    if not (np.isfinite(total) and np.isfinite(sqr_total)):
-        # finite values whose float32 sums overflow: llama.cpp would print inf; no real imatrix has them
-        raise CorruptError(f"tensor {name} has values too large for float32 statistics "
-                           f"(max {float(vmax):g}: their sums overflow to Inf)", path)
-    var = _F32(_F32(sqr_total / nf) - _F32(mean * mean))
-    dev = _F32(np.sqrt(max(_F32(0.0), var)))
-    inactive = int(np.count_nonzero(np.abs(vals) <= ACTIVE_THRESHOLD))
-    active = float(_F32(1) - _F32(inactive) / nf)
-    entropy = _F32(0.0)
-    if total > 0:
-        p = (vals / total).astype(_F32, copy=False)
-        p = p[p > 0]
-        entropy = _F32(-_seqsum((p * np.log2(p)).astype(_F32, copy=False)))
-    z_count = 0
-    if dev > 0:
-        z = (vals - mean) / dev
-        z_count = int(np.count_nonzero(z > _F32(1)))
-    zd = float(_F32(_F32(z_count) / nf))
-    # llama.cpp divides in float32 (its printed E(norm) depends on it)
-    entropy_norm = float(_F32(entropy / _F32(math.log2(n)))) if n > 1 else 0.0
-
-    cossim: float | None
-    if layer is None:
-        cossim = 0.0
-    elif prev is None:
-        cossim = 0.0  # llama.cpp leaves 0 when blk N-1 has no such tensor (always so for blk 0)
-    elif prev.raw.size != raw.size:
-        cossim = None  # llama.cpp reads past the shorter vector here; we print nothing
-    else:
-        cossim = _cos_f32(raw, prev.raw)
-
-    skew, kurt = shape_moments(vals)
-    k = min(TOP_CHANNELS, n)
-    top_local = np.argpartition(vals, n - k)[n - k :]
-    top_local = top_local[np.argsort(vals[top_local])[::-1]]
-    if n_live == n_mat:
-        top_flat = top_local
-    else:
-        live_rows = np.flatnonzero(live)
-        top_flat = live_rows[top_local // n_in] * n_in + top_local % n_in
-    dead = int(np.count_nonzero(vals == 0))
-
-    ts = TensorStats(
-        name=name, layer=layer, kind=kind, n_mat=n_mat, n_in=n_in,
-        sum=float(total), min=float(vmin), max=float(vmax), mean=float(mean), std=float(dev),
-        active=active, n=n, entropy=float(entropy), entropy_norm=entropy_norm, zd=zd, cossim=cossim,
-        skewness=skew, kurtosis=kurt, dead=dead, tokens=int(counts.max()),
-        skipped_matrices=n_mat - n_live,
-        top_channels=[int(i) for i in top_flat], top_values=[float(vals[i]) for i in top_local],
-    )
-    if n_mat > 1:
-        ts.expert_counts = [int(c) for c in counts]
-        ts.experts_unused = int(n_mat - n_live)
-
-    if act_full is not None:
-        _activation_stats(ts, act_full, live, None if prev is None else prev.act, path)
-    return ts, None, state
-
-
 def _activation_stats(ts: TensorStats, act_full: np.ndarray, live: np.ndarray, prev_act: np.ndarray | None,
                       path: str | None) -> None:
     """llama.cpp's activation statistics ("preferred" mode) from the mean activations, into ts."""
     a = act_full.reshape(ts.n_mat, ts.n_in)[live].reshape(-1)
     if not np.all(np.isfinite(a)):
-        raise CorruptError(f"tensor {ts.name} has non-finite activation sums (NaN or Inf)", path)
+        raise CorruptError(checks.nonfinite_activations_message(ts.name), path)
     ts.act_mean = float(a.mean())
     ts.act_entropy = _entropy_bits(a * a)
     ts.act_entropy_norm = ts.act_entropy / math.log2(a.size) if a.size > 1 else 0.0
@@ -315,8 +179,6 @@ def compute_stats(
     a True stops the pass early (returning None is not an option: it raises InterruptedError).
     `fork`: compute in worker processes (only a single-threaded caller such as the CLI may ask).
     """
-    from imatui.stats.batched import default_threads, plan_batches, run_all
-
     path = None if imatrix.path is None else str(imatrix.path)
     names = list(imatrix.entries)
     order = sorted(names, key=lambda nm: _template(nm))
