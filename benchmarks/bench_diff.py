@@ -1,28 +1,25 @@
-"""Diff of two ~1 GB imatrix files: time and peak memory, against baselines measured in the same run.
+"""`imatui diff A B` of two ~1 GB imatrix files against one `imatui stats A` pass, in the same run.
 
     python benchmarks/bench_diff.py [--a /tmp/imatui-bench/deepseek.imatrix.gguf]
-                                    [--b /tmp/imatui-bench/deepseek-b.imatrix.gguf] [--skip-eager] [--repeat 3]
+                                    [--b /tmp/imatui-bench/deepseek-b.imatrix.gguf] [--repeat 3]
 
 A is the DeepSeek-V3-shaped file of benchmarks/make_deepseek.py (written first when missing); B is
 derived from it (each tensor's channels scaled by a seeded smooth profile, a few more experts never
-hit), written once with imatui's writer, one tensor at a time.
+hit), written once with imatui's writer, one tensor at a time (reused when it exists).
 
-Each measurement runs in its own process, so its peak RSS (ru_maxrss) is its own:
-- read floor: every tensor's sums2 of A and of B read once and summed (what any diff must do);
-- stats A + B: `compute_stats` of each file, the existing per-file pass;
-- diff (lazy): `load` both (lazy, the default) and `compute_diff`, then format it as JSON;
-- diff (eager, --skip-eager to leave out): the same with `load(..., lazy=False)`, what holding both
-  files in memory would cost.
-Targets: diff peak RSS well under one file's size (lazy: one tensor of each file at a time) where an
-eager load needs about both files; diff time within 2x of the two statistics passes (the divergence
-takes three float64 logarithms per channel pair, the statistics one per channel).
+Every command runs as its own process, as a user runs it (interpreter start and imports included),
+interleaved run by run so that a busy moment of a shared machine hits them alike; wall time by the
+clock, and the ratio diff / stats is taken run by run. Peak RSS is the sum over a command's
+processes (imatui forks a worker per CPU), sampled in a run of its own.
+
+Targets (issue 15): diff <= 2x one stats pass, peak RSS of all processes <= 400 MB.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,11 +29,30 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_stats import run, tree_peak  # noqa: E402
+
 DEFAULT_A = Path("/tmp/imatui-bench/deepseek.imatrix.gguf")
 DEFAULT_B = Path("/tmp/imatui-bench/deepseek-b.imatrix.gguf")
 
+# the floor: one numpy pass summing every float of A and of B (memory-mapped, in blocks)
+READ_FLOOR = r"""
+import os, sys, numpy as np
+from gguf import GGUFReader
+for path in sys.argv[1:]:
+    r = GGUFReader(path)
+    start = min(int(t.data_offset) for t in r.tensors)
+    del r
+    n = (os.path.getsize(path) - start) // 4
+    m = np.memmap(path, dtype="<f4", mode="r", offset=start, shape=(n,))
+    total = 0.0
+    for i in range(0, n, 1 << 22):
+        total += float(m[i : i + (1 << 22)].sum(dtype=np.float64))
+"""
 
-def _make_b(a_path: Path, b_path: Path) -> None:
+
+def make_b(a_path: Path, b_path: Path) -> None:
+    """B from A, written under a temporary name and renamed (another process may be writing it too)."""
     from imatui.formats import load
     from imatui.formats.write import save
     from imatui.imatrix import Entry, Imatrix
@@ -62,99 +78,59 @@ def _make_b(a_path: Path, b_path: Path) -> None:
     b = Imatrix(entries={n: derived(e) for n, e in a.entries.items()}, datasets=["synthetic-deepseek-b"],
                 chunk_count=a.chunk_count * 2, chunk_size=a.chunk_size, format="gguf")
     t = time.perf_counter()
-    save(b, b_path, format="gguf")
+    tmp = b_path.with_name(f".{b_path.name}.{os.getpid()}.tmp")
+    save(b, tmp, format="gguf")
+    if b_path.exists():
+        tmp.unlink()
+    else:
+        os.replace(tmp, b_path)
     print(f"wrote {b_path} ({b_path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s",
           file=sys.stderr)
-
-
-def _measure(what: str, a_path: str, b_path: str) -> dict:
-    from imatui.formats import load
-
-    t = time.perf_counter()
-    extra: dict = {}
-    if what == "read":
-        n, total = 0, 0.0
-        for path in (a_path, b_path):
-            im = load(path)
-            for e in im.entries.values():
-                sums2 = np.asarray(e.sums2)
-                total += float(sums2.sum(dtype=np.float64))  # touches every value: a real read
-                n += int(sums2.size)
-        extra["floats"] = n
-    elif what == "stats":
-        from imatui.stats.tensor import compute_stats
-
-        for path in (a_path, b_path):
-            compute_stats(load(path))
-    elif what in ("diff", "eager"):
-        from imatui.diff_printers import format_diff
-        from imatui.stats.diff import compute_diff
-
-        lazy = what == "diff"
-        report = compute_diff(load(a_path, lazy=lazy), load(b_path, lazy=lazy))
-        t_diff = time.perf_counter() - t
-        text = format_diff(report, "json")
-        extra.update(diff_s=t_diff, json_bytes=len(text), tensors=len(report.tensors),
-                     comparable=len(report.comparable),
-                     worst=report.most_different()[0].name, worst_cos=report.most_different()[0].cossim)
-    else:
-        raise SystemExit(f"unknown measurement {what}")
-    seconds = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"what": what, "seconds": seconds, "peak_mb": peak_mb, **extra}
-
-
-def _run(what: str, a: Path, b: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", what, "--a", str(a), "--b", str(b)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--a", type=Path, default=DEFAULT_A)
     p.add_argument("--b", type=Path, default=DEFAULT_B)
-    p.add_argument("--skip-eager", action="store_true", help="leave out the eager (both files in RAM) run")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run each measurement N times and keep the fastest (the machine may be shared)")
-    p.add_argument("--measure", help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
-    if args.measure:
-        print(json.dumps(_measure(args.measure, str(args.a), str(args.b))))
-        return 0
     if not args.a.exists():
         subprocess.run([sys.executable, str(HERE / "make_deepseek.py"), "-o", str(args.a)], check=True)
     if not args.b.exists():
-        _make_b(args.a, args.b)
-    size_mb = (args.a.stat().st_size + args.b.stat().st_size) / 2 / 1e6
-    print(f"A {args.a} ({args.a.stat().st_size / 1e9:.2f} GB), B {args.b} ({args.b.stat().st_size / 1e9:.2f} GB)")
-    # a warm page cache for every run alike: the first pass reads the files from disk
-    _run("read", args.a, args.b)
-    whats = ["read", "stats", "diff"] + ([] if args.skip_eager else ["eager"])
-    runs = {w: min((_run(w, args.a, args.b) for _ in range(args.repeat)), key=lambda r: r["seconds"])
-            for w in whats}
-    base_py = _run_python_floor()
-    for w, r in runs.items():
-        print(f"{w:6s} {r['seconds']:7.2f} s  peak RSS {r['peak_mb']:7.0f} MB")
-    d, s, rd = runs["diff"], runs["stats"], runs["read"]
-    print(f"diff: {d['tensors']} tensors ({d['comparable']} comparable), most different {d['worst']} "
-          f"(cos {d['worst_cos']:.4f}); compute {d['diff_s']:.2f} s, JSON {d['json_bytes'] / 1e3:.0f} kB")
-    print(f"time:   diff / (stats A + stats B) = {d['seconds'] / s['seconds']:.2f}x; "
-          f"diff / read floor = {d['seconds'] / rd['seconds']:.2f}x")
-    print(f"memory: diff peak {d['peak_mb']:.0f} MB (python + imports alone {base_py:.0f} MB) "
-          f"= {(d['peak_mb'] - base_py) / size_mb:.2f} of one file's size beyond the interpreter")
-    if "eager" in runs:
-        e = runs["eager"]
-        print(f"        eager peak {e['peak_mb']:.0f} MB: lazy diff uses {d['peak_mb'] / e['peak_mb']:.2f}x "
-              f"the memory of holding both files, {e['seconds'] / d['seconds']:.2f}x eager's time")
-    return 0
-
-
-def _run_python_floor() -> float:
-    code = ("import resource, numpy, imatui.formats, imatui.stats.diff, imatui.diff_printers;"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                text=True).stdout)
+        make_b(args.a, args.b)
+    for path in (args.a, args.b):  # a warm page cache for every run alike
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    py = sys.executable
+    a, b = str(args.a), str(args.b)
+    commands = {
+        "read floor (numpy, A and B)": [py, "-c", READ_FLOOR, a, b],
+        "imatui stats A": [py, "-m", "imatui", "stats", a, "--format", "table"],
+        "imatui diff A B": [py, "-m", "imatui", "diff", a, b, "--format", "json"],
+    }
+    load_before = os.getloadavg()[0]
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(args.repeat):
+        for name, cmd in commands.items():
+            walls[name].append(run(cmd)[0])
+    peaks = {name: tree_peak(cmd) for name, cmd in commands.items()}
+    load_after = os.getloadavg()[0]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"A {a}, B {b} ({args.a.stat().st_size / 1e9:.2f} GB each); {args.repeat} runs each, median; "
+          f"{cpus} CPUs, load average {load_before:.1f} before, {load_after:.1f} after")
+    stats_med = statistics.median(walls["imatui stats A"])
+    print(f"{'command':32s} {'wall s':>8s} {'x stats':>8s} {'peak RSS MB (all processes)':>28s}")
+    for name, w in walls.items():
+        med = statistics.median(w)
+        print(f"{name:32s} {med:8.2f} {med / stats_med:8.2f} {peaks[name]:28.0f}")
+    ratios = [d / s for d, s in zip(walls["imatui diff A B"], walls["imatui stats A"])]
+    print("diff / stats, run by run: " + " ".join(f"{r:.2f}" for r in ratios))
+    ratio = statistics.median(ratios)
+    ok_t, ok_m = ratio <= 2.0, peaks["imatui diff A B"] <= 400
+    print(f"targets: diff <= 2x one stats pass: {'met' if ok_t else 'NOT met'} ({ratio:.2f}x, median of the "
+          f"runs' ratios); peak RSS <= 400 MB: {'met' if ok_m else 'NOT met'} ({peaks['imatui diff A B']:.0f} MB)")
+    return 0 if ok_t and ok_m else 1
 
 
 if __name__ == "__main__":

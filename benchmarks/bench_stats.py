@@ -8,6 +8,10 @@ first, and each measurement is repeated; the median is reported.
     python benchmarks/bench_stats.py [--file F] [--repeat 3]
 
 Targets (issue 2): imatui wall <= 3x the baseline, peak RSS <= 400 MB.
+
+`--against DIR` also runs `imatui stats` from another checkout (DIR on PYTHONPATH: the code before a
+change), interleaved with this one's, and compares their times run by run and their outputs byte
+for byte (issue 15: no slower than before, within 5 %, and the same bytes).
 """
 
 from __future__ import annotations
@@ -51,10 +55,10 @@ print(float(a.sum(dtype=np.float64)))
 """
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -81,13 +85,13 @@ def _tree_rss_kb(pid: int) -> int:
     return total + sum(_tree_rss_kb(k) for k in kids)
 
 
-def tree_peak(cmd: list[str], every: float = 0.005) -> float:
+def tree_peak(cmd: list[str], every: float = 0.005, env: dict | None = None) -> float:
     """Peak of the summed RSS of a command and its worker processes, in MB, sampled every `every` s.
 
     wait4's ru_maxrss is the largest single process of the tree, not the sum; imatui stats forks a
     worker per CPU. Sampled in a run of its own: the sampling would disturb the timed runs.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_rss_kb(proc.pid))
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file", type=Path, default=DEFAULT)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--skip-naive", action="store_true", help="do not run the whole-file numpy version")
+    p.add_argument("--against", type=Path, help="another checkout whose `imatui stats` to compare with")
     args = p.parse_args(argv)
     if not args.file.exists():
         raise SystemExit(f"{args.file} does not exist: run benchmarks/make_deepseek.py first")
@@ -123,14 +128,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_naive:
         commands["naive numpy (whole file in RAM)"] = [py, "-c", NAIVE, str(args.file)]
 
+    envs: dict[str, dict | None] = {k: None for k in commands}
+    if args.against:
+        here = str(Path(imatui.__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=str(args.against.resolve()))
+        compileall.compile_dir(args.against / "imatui", quiet=1)  # its bytecode too, as for this one
+        commands["imatui stats, --against checkout"] = commands["imatui stats --format table"]
+        envs["imatui stats, --against checkout"] = env
+        envs["imatui stats --format table"] = dict(os.environ, PYTHONPATH=here)
+        outs = [subprocess.run(commands["imatui stats --format table"], env=e, capture_output=True,
+                               check=True).stdout for e in (envs["imatui stats --format table"], env)]
+        print(f"--against {args.against}: output {'byte-identical' if outs[0] == outs[1] else 'DIFFERENT'} "
+              f"({len(outs[0])} bytes)")
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
     for _ in range(args.repeat):  # interleaved, so a busy moment hits every command alike
         for name, cmd in commands.items():
-            results[name].append(run(cmd))
+            results[name].append(run(cmd, envs[name]))
 
     # memory: wait4's peak of the largest process, and the sampled sum over the command's processes
     for name, cmd in commands.items():
-        tree = tree_peak(cmd)
+        tree = tree_peak(cmd, env=envs[name])
         results[name] = [(w, max(r, tree)) for w, r in results[name]]
 
     load = os.getloadavg()[0]
@@ -146,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     print("peak RSS: all of a command's processes together (imatui stats forks one worker per CPU)")
     runs = [w / b for (w, _), (b, _) in zip(results["imatui stats --format table"], results[base_name])]
     print("imatui / baseline, run by run: " + " ".join(f"{r:.2f}" for r in runs))
+    if args.against:
+        vs = [w / b for (w, _), (b, _) in zip(results["imatui stats --format table"],
+                                              results["imatui stats, --against checkout"])]
+        print(f"imatui / --against checkout: {statistics.median(vs):.3f} (median), run by run: "
+              + " ".join(f"{r:.3f}" for r in vs))
     wall, rss = med["imatui stats --format table"]
     ok_t, ok_m = wall <= 3 * base_wall, rss <= 400
     print(f"targets: wall <= 3x baseline: {'met' if ok_t else 'NOT met'} ({wall / base_wall:.2f}x); "

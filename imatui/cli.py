@@ -155,7 +155,7 @@ def _run_diff(args: argparse.Namespace) -> int:
     from imatui.diff_printers import format_diff
     from imatui.stats.diff import compute_diff
 
-    sys.stdout.write(format_diff(compute_diff(a, b), args.format, sort=args.sort))
+    sys.stdout.write(format_diff(compute_diff(a, b, fork=True), args.format, sort=args.sort))
     return 0
 
 

@@ -279,3 +279,122 @@ def test_bad_values_in_a_tensor_only_in_one_file_are_an_error(fixtures, tmp_path
     out, err = capsys.readouterr()
     assert out == "" and err == stats_err and err.count("\n") == 1
     assert err == f"imatui: {a.path}: tensor {name} has {words}\n"
+
+
+# --- the batched engine against the per-tensor code it replaced (tests/diff_reference.py) ---------------
+
+def _random_pair(rng: np.random.Generator) -> tuple[Imatrix, Imatrix]:
+    """Two files over up to 12 blocks of 1-3 shapes: MoE tensors with experts at count 0 in A, in B or in
+    both, tensors in one file only, another shape in B, identical tensors, dead channels and ties."""
+    shapes = [(int(rng.integers(1, 7)), int(rng.choice([1, 3, 8, 16, 40, 96, 257, 512])))
+              for _ in range(int(rng.integers(1, 4)))]
+    ea, eb = {}, {}
+    for blk in range(int(rng.integers(1, 12))):
+        for j, (n_mat, n_in) in enumerate(shapes):
+            name = f"blk.{blk}.t{j}.weight"
+            ca = rng.integers(0, 40, n_mat).astype(np.float64)
+            cb = rng.integers(0, 40, n_mat).astype(np.float64)
+            sa = (rng.lognormal(0, 2, (n_mat, n_in)) * ca[:, None]).astype(np.float32)
+            if rng.random() < 0.2:
+                sb, cb = sa.copy(), ca.copy()  # the same tensor: cosine 1, divergence 0
+            else:
+                sb = (sa * rng.lognormal(0, 0.3, (n_mat, n_in)) * (cb[:, None] + 1)).astype(np.float32)
+            if rng.random() < 0.3:
+                sa[:, rng.integers(0, n_in, 2)] = 0
+            roll = rng.random()
+            if roll < 0.08:
+                ea[name] = Entry.from_arrays(name, sa, ca)  # only in A
+            elif roll < 0.16:
+                eb[name] = Entry.from_arrays(name, sb, cb)  # only in B
+            elif roll < 0.22 and n_in % 2 == 0:
+                ea[name] = Entry.from_arrays(name, sa, ca)
+                eb[name] = Entry.from_arrays(name, sb.reshape(n_mat * 2, n_in // 2), np.repeat(cb, 2))
+            else:
+                ea[name] = Entry.from_arrays(name, sa, ca)
+                eb[name] = Entry.from_arrays(name, sb, cb)
+    return (Imatrix(entries=ea, datasets=["a"], chunk_count=1, chunk_size=512),
+            Imatrix(entries=eb, datasets=["b"], chunk_count=2, chunk_size=512))
+
+
+@pytest.mark.parametrize("seed", [3, 14, 15, 92, 65])
+def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
+    """Random files, and random batch, block and sub-block sizes: Σ and its ranks to the bit (llama's float32
+    sums, as `imatui stats`), the cosine and the divergence to 1e-12, the same top channel."""
+    from imatui.stats import engine
+    from tests.diff_reference import reference_row
+
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(engine, "MAX_COLUMNS", int(rng.integers(1, 40)))
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", int(rng.choice([4, 50, 2048, 1 << 18])))
+    monkeypatch.setattr(engine, "MIN_WIDTH", int(rng.choice([1, 8, 256])))
+    a, b = _random_pair(rng)
+    report = compute_diff(a, b)
+    names = sorted(set(a.entries) | set(b.entries))
+    assert [t.name for t in report.tensors] == names
+    compared = 0
+    for t in report.tensors:
+        with np.errstate(all="ignore"):
+            r = reference_row(t.name, a.entries.get(t.name), b.entries.get(t.name))
+        for f in ("sum_a", "sum_b", "sum_ratio", "comparable", "reason", "experts_compared", "experts_skipped",
+                  "top_channel", "shape_a", "shape_b"):
+            assert getattr(t, f) == getattr(r, f), (t.name, f, getattr(t, f), getattr(r, f))
+        for f in ("cossim", "js", "top_value_a", "top_value_b", "top_share_delta"):
+            assert getattr(t, f) == pytest.approx(getattr(r, f), rel=1e-12, abs=1e-12), (t.name, f)
+        compared += t.comparable
+    assert compared > 0
+    same = [t for t in report.comparable if np.array_equal(np.asarray(a.entries[t.name].sums2),
+                                                           np.asarray(b.entries[t.name].sums2))
+            and np.array_equal(a.entries[t.name].counts, b.entries[t.name].counts)]
+    assert all(t.js == 0.0 for t in same)  # exactly: r = p / m is 1 everywhere
+
+
+def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path):
+    from imatui.stats import engine
+
+    a, b = _random_pair(np.random.default_rng(7))
+    save(a, tmp_path / "a.gguf")
+    save(b, tmp_path / "b.gguf")
+    la, lb = load(tmp_path / "a.gguf"), load(tmp_path / "b.gguf")
+    monkeypatch.setattr(engine, "MAX_COLUMNS", 3)  # many batches, for several workers
+    one = compute_diff(la, lb)
+    monkeypatch.setattr(engine.threading, "active_count", lambda: 1)  # other tests' threads may linger
+    forks = []
+    real = engine.os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(engine.os, "fork", fork)
+    monkeypatch.setattr(engine, "default_threads", lambda: 3)
+    forked = compute_diff(la, lb, fork=True)
+    assert len(forks) == 2
+    assert [t.to_dict() for t in forked.tensors] == [t.to_dict() for t in one.tensors]
+    assert compute_diff(a, b).to_dict()["tensors"] == [
+        dict(t.to_dict()) for t in one.tensors]  # in memory and from the files alike
+
+
+def test_diff_progress_counts_every_tensor_and_cancel_stops_it(fixtures):
+    a, b = load(fixtures / PROSE), load(fixtures / CODE)
+    seen = []
+    compute_diff(a, b, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 210) for i in range(1, 211)]
+    calls = []
+    with pytest.raises(InterruptedError):
+        compute_diff(a, b, cancelled=lambda: calls.append(1) or len(calls) > 2)
+
+
+def test_nan_in_an_unused_expert_is_an_error_in_the_diff():
+    sums2 = np.ones((3, 8), np.float32)
+    sums2[1, 4] = np.nan
+    counts = np.array([5.0, 0.0, 2.0])
+    e = Entry.from_arrays("blk.0.ffn_up_exps.weight", sums2, counts)
+    good = Entry.from_arrays(e.name, np.ones((3, 8), np.float32), counts)
+    a = Imatrix(entries={e.name: e}, datasets=["a"], chunk_count=1, chunk_size=512)
+    b = Imatrix(entries={e.name: good}, datasets=["b"], chunk_count=1, chunk_size=512)
+    with pytest.raises(ImatrixError, match=r"blk.0.ffn_up_exps.weight has 1 non-finite values \(NaN or Inf\)"):
+        compute_diff(a, b)
+    assert compute_diff(b, b).tensors[0].js == 0.0

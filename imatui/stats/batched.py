@@ -119,9 +119,7 @@ def pass1(lay: Layout, reader: BlockReader, scratch: dict) -> Pass1:
     tbuf = scratch_array(scratch, "t", (s_max + 1, K), F32)  # + 1: pass 2's row of chain seeds
     vbuf = scratch_array(scratch, "v", (s_max, K), F32)
     gbuf = scratch_array(scratch, "g", (K, lay.block_elements), np.bool_).reshape(-1)  # a read block
-    # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
-    tile = next(t for t in (16, 8, 4, 2, 1) if w % t == 0)
-    ctile = np.tile(lay.cnt.T[:, None, :], (1, 1, tile))  # (rows, 1, tile * K)
+    means = MeansT(lay)
     athr = _raw_thresholds(lay.cnt, ACTIVE_THRESHOLD)  # (K, rows): v <= 1e-5 is raw <= athr
     total = np.zeros(K, F32)
     sqr = np.zeros(K, F32)
@@ -138,15 +136,8 @@ def pass1(lay: Layout, reader: BlockReader, scratch: dict) -> Pass1:
             p3.max(axis=2, out=rawmax[:, s0:s1])  # v = fl(raw / c) is monotone in raw
             p3.min(axis=2, out=rawmin[:, s0:s1])
             # the float32 chains, on (element, tensor) matrices
-            L = m * w
-            rt = tbuf[:L]
-            np.copyto(rt, part.T)
-            vt = vbuf[:L]
-            # v = fl(raw / count), on the (element, tensor) matrix
-            np.divide(rt.reshape(m, w // tile, tile * K), ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
-            row0 = vt[0].copy()  # chain() adds the running sum into the first row
-            total = chain(vt, total)  # Σv
-            vt[0] = row0
+            rt, vt = means(part, s0, s1, tbuf, vbuf)
+            total = sum_v(vt, total)
             np.multiply(vt, vt, out=vt)  # in place: half the memory traffic of a second matrix
             sqr = chain(vt, sqr)  # Σv²
             if K > 1:
@@ -183,6 +174,34 @@ def pass1(lay: Layout, reader: BlockReader, scratch: dict) -> Pass1:
     row_max = np.where(lay.live, rawmax / lay.cnt, -np.inf)
     vmin = np.where(lay.live, rawmin / lay.cnt, np.inf).min(axis=1)
     return Pass1(total, sqr, mag, dp, inactive, zeros, row_max, vmin, row_max.max(axis=1))
+
+
+class MeansT:
+    """v = fl(raw / count) of a sub-block as an (element, tensor) matrix: what llama's chains run on."""
+
+    def __init__(self, lay: Layout):
+        self.lay = lay
+        # each row's count repeated `tile` times along a wide row: a long inner loop for numpy
+        self.tile = next(t for t in (16, 8, 4, 2, 1) if lay.w % t == 0)
+        self.ctile = np.tile(lay.cnt.T[:, None, :], (1, 1, self.tile))  # (rows, 1, tile * K)
+
+    def __call__(self, part: np.ndarray, s0: int, s1: int, tbuf: np.ndarray,
+                 vbuf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rt, vt): the sub-block's raw values transposed (in tbuf), and v (in vbuf), both (L, K)."""
+        K, w, tile, m = self.lay.K, self.lay.w, self.tile, s1 - s0
+        rt = tbuf[: m * w]
+        np.copyto(rt, part.T)
+        vt = vbuf[: m * w]
+        np.divide(rt.reshape(m, w // tile, tile * K), self.ctile[s0:s1], out=vt.reshape(m, w // tile, tile * K))
+        return rt, vt
+
+
+def sum_v(vt: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Σv, llama's Σ(Act²): each tensor's float32 chain continued over a sub-block's v (left as it was)."""
+    row0 = vt[0].copy()  # chain() adds the running sum into the first row
+    total = chain(vt, total)
+    vt[0] = row0
+    return total
 
 
 def _raw_thresholds(cnt: np.ndarray, limit: np.float32) -> np.ndarray:

@@ -20,24 +20,61 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from imatui.imatrix import Imatrix
+from imatui.imatrix import Entry, Imatrix
+from imatui.stats import engine
 
 MOST_MOVED = 5
 MIN_STEP_SECONDS = 1.0
 
 
-def channel_means(imatrix: Imatrix, cancelled: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
-    """Per tensor, the per-channel mean importance (float64, n_in); tensors never hit are left out."""
-    means: dict[str, np.ndarray] = {}
-    for name, entry in imatrix.entries.items():
-        if cancelled is not None and cancelled():
-            raise InterruptedError("cancelled")
-        total = float(np.sum(entry.counts))
-        if total <= 0:
-            continue
-        sums2 = np.asarray(entry.sums2, dtype=np.float64)
-        means[name] = sums2.sum(axis=0) / total
-    return means
+def channel_means(imatrix: Imatrix, cancelled: Callable[[], bool] | None = None,
+                  fork: bool = False) -> dict[str, np.ndarray]:
+    """Per tensor, the per-channel mean importance (float64, n_in); tensors never hit are left out.
+
+    Read by the engine of `imatui stats` (imatui.stats.engine): tensors of one shape in batches,
+    block by block, the sums over the matrices in float64. `cancelled()` is polled between blocks
+    (InterruptedError); `fork`: in worker processes (only a single-threaded caller may ask).
+    """
+    totals = {name: float(np.sum(e.counts)) for name, e in imatrix.entries.items()}
+    names = [name for name, t in totals.items() if t > 0]
+    threads = engine.default_threads()
+    batches = [[_MeansColumn(n, imatrix.entries[n], totals[n]) for n in chunk]
+               for chunk in engine.group_by_shape(names, lambda n: imatrix.entries[n].shape, threads)]
+    res = engine.run_all(means_batch, batches, None, cancelled, None, threads, fork)
+    return {name: res[name].means for name in names}  # in the file's order
+
+
+@dataclass
+class _MeansColumn:
+    name: str
+    entry: Entry
+    total: float  # Σ counts over the matrices
+
+
+@dataclass
+class _Means:
+    name: str
+    means: np.ndarray
+
+
+def means_batch(cols: list[_MeansColumn], path: str | None, cancelled: Callable[[], bool] | None,
+                scratch: dict | None = None, sub_elements: int | None = None) -> list[_Means]:
+    """engine.run_all's job: each tensor's column sums over its matrices (float64) / its total count."""
+    if scratch is None:
+        scratch = {}
+    entries = [c.entry for c in cols]
+    lay = engine.Layout.of(entries, engine.SUB_ELEMENTS if sub_elements is None else sub_elements)
+    K, w, q = lay.K, lay.w, lay.q
+    acc = np.zeros((K, q, w))  # piece j of a matrix row: channels j*w .. (j+1)*w
+    with engine.BlockReader(lay, entries, cancelled, scratch) as reader:
+        for r0, r1, raw in reader.blocks():
+            for s0, s1, part in reader.subs(r0, r1, raw):
+                p3 = part.reshape(K, s1 - s0, w)
+                for j in range(q):  # the rows of piece j in this sub-block: every q-th from the first
+                    first = (j - s0) % q
+                    if first < s1 - s0:
+                        acc[:, j] += np.einsum("kmw->kw", p3[:, first::q], dtype=np.float64)
+    return [_Means(c.name, acc[k].reshape(-1) / c.total) for k, c in enumerate(cols)]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -12,12 +12,15 @@ computed over the experts live in A and in B); Σ and the ranks are each file's 
 - rank: position of the tensor by Σ among all tensors of its file (1 = largest); shift = B - A.
 - top channel: the channel whose share of the tensor's Σ moved most between A and B.
 
-Tensors are read one at a time from both files (lazy entries), so two 1 GB files are never in RAM.
+The engine of `imatui stats` (imatui.stats.engine) computes it: tensors of one shape in batches,
+read block by block from both files side by side (two 1 GB files are never in RAM), Σ with llama's
+float32 chains, the comparison in float64; in worker processes for the CLI (`fork`).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +28,9 @@ import numpy as np
 
 from imatui.errors import CorruptError
 from imatui.imatrix import Entry, Imatrix, split_name
+from imatui.stats import checks, engine
+from imatui.stats.batched import MeansT, sum_v
+from imatui.stats.engine import F32, BlockReader, Layout, rowdot, scratch_array
 
 
 @dataclass
@@ -136,164 +142,214 @@ class ChannelPair:
     experts: list[int]  # the matrix (expert) index of each block of n_in values
 
 
-def _llama_sum(entry: Entry, sums2: np.ndarray, path: str | None = None) -> float | None:
-    """Σ(Act²) as llama-imatrix computes it: sum of sums2/counts over the live matrices (float32).
+# --- the engine's job: one batch of tensors of one shape, from A and B side by side -------------------
 
-    Checks the values as `imatui stats` does (same messages): NaN or Inf anywhere (unused experts
-    included), negative values in the live matrices, a Σ that overflows float32; CorruptError names
-    the tensor. Without this a tensor present in one file only would report NaN as its Σ, and a NaN
-    breaks the rank sort of every tensor."""
-    name = entry.name
-    # a float64 sum of float32 values cannot overflow: it is non-finite only for NaN or Inf
-    if not math.isfinite(float(np.sum(sums2, dtype=np.float64))):
-        bad = int(np.count_nonzero(~np.isfinite(sums2)))
-        raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
-    counts = np.asarray(entry.counts, dtype=np.float64)
-    live = counts > 0
-    if not live.any():
-        return None
-    rows = sums2 if live.all() else sums2[live]  # no gather copy when every matrix is live
-    vals = np.asarray(rows, dtype=np.float32) / counts[live].astype(np.float32)[:, None]
-    vmin = np.float32(vals.min())
-    if vmin < 0:
-        raise CorruptError(f"tensor {name} has negative sums of squares (min {float(vmin):g})", path)
-    total = float(np.cumsum(vals.reshape(-1), dtype=np.float32)[-1])
-    if not math.isfinite(total):
-        raise CorruptError(f"tensor {name} has values too large for float32 statistics "
-                           f"(max {float(vals.max()):g}: their sums overflow to Inf)", path)
-    return total
+@dataclass
+class DiffColumn:
+    """A tensor of a diff batch: in A and B (same shape), or one side only (its Σ alone)."""
 
+    name: str
+    a: Entry | None
+    b: Entry | None
 
-_TINY = np.finfo(np.float64).tiny
-
-
-def _dot(x: np.ndarray, y: np.ndarray) -> float:
-    """Inner product in numpy's own SIMD loop. Not np.dot: OpenBLAS threads its ddot, and on a busy
-    machine its spinning threads made the whole diff 10x slower (8 s of CPU instead of 0.9)."""
-    return float(np.einsum("i,i->", x, y))
-
-
-def _xlogx(p: np.ndarray) -> float:
-    """Σ p ln p with 0 ln 0 = 0 (0 · ln tiny is 0); unmasked, so numpy's vector log runs."""
-    logs = np.maximum(p, _TINY)
-    np.log(logs, out=logs)
-    return _dot(p, logs)
-
-
-# rows of a (n_mat, n_in) tensor handled per step: about 64 K float64 values, so that the dozen
-# passes per step run in the CPU cache rather than through memory (a MoE tensor is ~2 M values)
-CHUNK_VALUES = 1 << 16
+    @property
+    def size(self) -> int:  # elements read, for balancing the workers
+        return sum(e.size for e in (self.a, self.b) if e is not None)
 
 
 @dataclass
-class _Compared:
-    cossim: float | None
-    js: float
-    top: int  # index into the flat vector of live-in-both matrices
-    top_a: float  # mean importance there, in A and in B
-    top_b: float
-    top_share_delta: float
+class ColumnDiff:
+    """What a batch gives for one DiffColumn (key: (sides, name)); compute_diff makes the TensorDiff."""
+
+    name: tuple[str, str]
+    sum_a: float | None = None
+    sum_b: float | None = None
+    error_a: str | None = None
+    error_b: str | None = None
+    reason: str | None = None  # why not comparable, when both sides are there
+    cossim: float | None = None
+    js: float | None = None
+    top_channel: int | None = None
+    top_value_a: float | None = None
+    top_value_b: float | None = None
+    top_share_delta: float | None = None
+    experts_compared: int | None = None
+    experts_skipped: int | None = None
 
 
-def _compare(sa: np.ndarray, ca: np.ndarray, sb: np.ndarray, cb: np.ndarray, rows: np.ndarray,
-             ta: float, tb: float) -> _Compared:
-    """Cosine, Jensen–Shannon (bits) and the channel whose share moved most, of p = a / Σa and
-    q = b / Σb where a, b are the mean importances sums2 / counts of the given matrices.
+_TINY = np.finfo(np.float64).tiny
+# the compare pass holds four float64 (tensor, element) matrices a sub-block: an eighth of the
+# statistics' sub-block keeps them in a core's L2 cache (2^15 elements, 256 KB each; 1 GB files on a
+# 2-core EPYC, six blocks of the 1 GB pair on one thread: 5.2-5.8 s at an eighth, 15-18 s at a quarter,
+# 6.3-7.5 s at a sixteenth)
+SUB_FRACTION = 8
 
-    One pass in row chunks, accumulating in float64. The divergence is H(m) - (H(p) + H(q)) / 2
-    with m = (p + q) / 2: for p == q, m is p exactly (doubling and halving are exact), so identical
-    inputs give exactly 0.
+
+def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[], bool] | None,
+               scratch: dict | None = None, sub_elements: int | None = None) -> list[ColumnDiff]:
+    """Σ of each side (llama's, exact) with the checks of `imatui stats`; for tensors in both files the
+    cosine, the Jensen–Shannon divergence and the channel whose share moved most (engine.run_all's job).
+
+    Pass 1 reads both files' blocks side by side: Σ (float32 chains), the smallest mean (the
+    negative check) and the float64 row sums that give Σa and Σb over the matrices live in both.
+    Pass 2 (pairs only) reads them again for p = a / Σa and q = b / Σb, in float64.
     """
-    n_in = sa.shape[1]
-    step = max(1, CHUNK_VALUES // n_in)
-    pq = pp = qq = hp = hq = hm = 0.0
-    best, best_i, best_p, best_q = -1.0, 0, 0.0, 0.0
-    dense = len(rows) == sa.shape[0]  # every matrix live: contiguous slices, no gather copies
-    for start in range(0, len(rows), step):
-        r = slice(start, start + step) if dense else rows[start:start + step]
-        p = np.divide(sa[r], (ca[r] * ta)[:, None], dtype=np.float64).reshape(-1)
-        q = np.divide(sb[r], (cb[r] * tb)[:, None], dtype=np.float64).reshape(-1)
-        pq += _dot(p, q)
-        pp += _dot(p, p)
-        qq += _dot(q, q)
-        hp += _xlogx(p)
-        hq += _xlogx(q)
-        m = p + q
-        m *= 0.5
-        hm += _xlogx(m)
-        d = np.subtract(q, p, out=m)
-        i = int(np.argmax(np.abs(d)))
-        if abs(float(d[i])) > best:
-            best, best_i, best_p, best_q = abs(float(d[i])), start * n_in + i, float(p[i]), float(q[i])
-    cossim = None if pp == 0.0 or qq == 0.0 else max(-1.0, min(1.0, pq / math.sqrt(pp * qq)))
-    js = (0.5 * (hp + hq) - hm) / math.log(2.0)  # H(m) - (H(p)+H(q))/2 with H = -Σ x ln x, in bits
-    return _Compared(cossim=cossim, js=min(1.0, max(0.0, js)), top=best_i, top_a=best_p * ta,
-                     top_b=best_q * tb, top_share_delta=best_q - best_p)
+    if scratch is None:
+        scratch = {}
+    sub = max(1, (engine.SUB_ELEMENTS if sub_elements is None else sub_elements) // SUB_FRACTION)
+    sides = [s for s in ("a", "b") if getattr(cols[0], s) is not None]
+    key = "".join(sides)
+    out = [ColumnDiff((key, c.name)) for c in cols]
+    with np.errstate(all="ignore"), ExitStack() as stack:
+        lays, readers = {}, {}
+        for s in sides:
+            entries = [getattr(c, s) for c in cols]
+            lays[s] = Layout.of(entries, sub)
+            readers[s] = stack.enter_context(BlockReader(lays[s], entries, cancelled, scratch, "raw" + s))
+        pair = len(sides) == 2
+        both = lays["a"].live & lays["b"].live if pair else None  # (K, rows): matrices live in both
+        sums = _pass1(lays, readers, both, scratch)
+        for s in sides:
+            total, vmin, _ = sums[s]
+            lay = lays[s]
+            for k, c in enumerate(cols):
+                # NaN or Inf anywhere (skipped rows too: raw / inf stays NaN) leaves Σ non-finite
+                bad = 0 if np.isfinite(total[k]) else readers[s].count_nonfinite(k)
+                if lay.n_live[k] == 0:  # no live matrix: no Σ
+                    setattr(out[k], "error_" + s, checks.nonfinite_message(c.name, bad) if bad else None)
+                    continue
+                err = checks.value_error(c.name, bad, vmin[k], np.inf, total[k])
+                if err is not None and not bad and vmin[k] >= 0:  # an overflow: its message names the max
+                    err = checks.overflow_message(c.name, _vmax(readers[s], lay, k))
+                setattr(out[k], "error_" + s, err)
+                setattr(out[k], "sum_" + s, float(total[k]))
+        if not pair or any(r.error_a or r.error_b for r in out):
+            return out
+        _pass2(lays, readers, both, sums, out, scratch)
+    return out
 
 
-def _live_total(name: str, sums2: np.ndarray, counts: np.ndarray, rows: np.ndarray, path: str | None) -> float:
-    """Σ of the mean importances over the given matrices (float64), checking the values on the way."""
-    sub = sums2 if len(rows) == sums2.shape[0] else sums2[rows]
-    row_sums = sub.sum(axis=1, dtype=np.float64)
-    total = float((row_sums / counts[rows]).sum())
-    if not math.isfinite(total):  # a sum of finite non-negative float32 values cannot overflow float64
-        raise CorruptError(f"tensor {name} has non-finite values (NaN or Inf)", path)
-    if sub.size and float(sub.min()) < 0:
-        raise CorruptError(f"tensor {name} has negative sums of squares", path)
-    return total
+def _vmax(reader: BlockReader, lay: Layout, k: int) -> float:
+    live = lay.live[k, :: lay.q]
+    v = reader.whole(k).reshape(lay.n_mat, lay.n_in)[live] / lay.cnt[k, :: lay.q][live, None]
+    return float(v.max())
 
 
-def _row(name: str, ea: Entry | None, eb: Entry | None, pa: str | None, pb: str | None) -> TensorDiff:
-    layer, kind = split_name(name)
-    row = TensorDiff(name=name, layer=layer, kind=kind,
-                     shape_a=None if ea is None else tuple(ea.shape),
-                     shape_b=None if eb is None else tuple(eb.shape),
-                     sum_a=None, sum_b=None, sum_ratio=None, cossim=None, js=None,
-                     rank_a=None, rank_b=None, rank_shift=None, top_channel=None, top_value_a=None,
-                     top_value_b=None, top_share_delta=None, comparable=False, reason=None)
-    sa = None if ea is None else np.asarray(ea.sums2)
-    sb = None if eb is None else np.asarray(eb.sums2)
-    if ea is not None:
-        row.sum_a = _llama_sum(ea, sa, pa)
-    if eb is not None:
-        row.sum_b = _llama_sum(eb, sb, pb)
-    if row.sum_a is not None and row.sum_b is not None and row.sum_a != 0:
-        row.sum_ratio = row.sum_b / row.sum_a
-    if ea is None:
-        row.reason = "missing in A"
-        return row
-    if eb is None:
-        row.reason = "missing in B"
-        return row
-    if ea.shape != eb.shape:
-        row.reason = f"shape mismatch: {ea.n_mat}x{ea.n_in} in A, {eb.n_mat}x{eb.n_in} in B"
-        return row
-    ca = np.asarray(ea.counts, dtype=np.float64)
-    cb = np.asarray(eb.counts, dtype=np.float64)
-    if not (ca > 0).any():
-        row.reason = "zero counts in A (no tokens reached it)"
-        return row
-    if not (cb > 0).any():
-        row.reason = "zero counts in B (no tokens reached it)"
-        return row
-    live = (ca > 0) & (cb > 0)
-    if not live.any():
-        row.reason = "no matrix (expert) has tokens in both A and B"
-        return row
-    rows = np.flatnonzero(live)
-    ta = _live_total(name, sa, ca, rows, pa)
-    tb = _live_total(name, sb, cb, rows, pb)
-    row.experts_compared = int(len(rows))
-    row.experts_skipped = int(ea.n_mat - len(rows))
-    if ta == 0.0 or tb == 0.0:
-        row.reason = f"all channels are zero in {'A' if ta == 0.0 else 'B'}"
-        return row
-    c = _compare(sa, ca, sb, cb, rows, ta, tb)
-    row.cossim, row.js = c.cossim, c.js
-    row.top_channel = int(rows[c.top // ea.n_in]) * ea.n_in + c.top % ea.n_in
-    row.top_value_a, row.top_value_b, row.top_share_delta = c.top_a, c.top_b, c.top_share_delta
-    row.comparable = True
-    return row
+def _pass1(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.ndarray | None,
+           scratch: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per side: Σ (float32, llama's chain over its own live matrices), the smallest mean, and (pairs)
+    the float64 sum of each row's raw values."""
+    sides = list(lays)
+    lay0 = lays[sides[0]]
+    K, w = lay0.K, lay0.w
+    s_max = lay0.sub_elements
+    tbuf = scratch_array(scratch, "t", (s_max + 1, K), F32)
+    vbuf = scratch_array(scratch, "v", (s_max, K), F32)
+    means = {s: MeansT(lays[s]) for s in sides}
+    total = {s: np.zeros(K, F32) for s in sides}
+    vmin = {s: np.full(K, np.inf, F32) for s in sides}
+    row_sums = {s: np.zeros((K, lay0.rows)) if both is not None else None for s in sides}
+    for blocks in zip(*(readers[s].blocks() for s in sides)):
+        for s, (r0, r1, raw) in zip(sides, blocks):
+            for s0, s1, part in readers[s].subs(r0, r1, raw):
+                _, vt = means[s](part, s0, s1, tbuf, vbuf)
+                total[s] = sum_v(vt, total[s])
+                np.minimum(vmin[s], vt.min(axis=0), out=vmin[s])  # (skipped rows: 0, never < 0)
+                if both is not None:
+                    np.einsum("kmw->km", part.reshape(K, s1 - s0, w), dtype=np.float64,
+                              out=row_sums[s][:, s0:s1])
+    for s in sides[1:]:  # zip stops at the first side's end: the others' final checks
+        readers[s].check_stamps()
+    return {s: (total[s], vmin[s], row_sums[s]) for s in sides}
+
+
+def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.ndarray,
+           sums: dict, out: list[ColumnDiff], scratch: dict) -> None:
+    """Cosine, Jensen–Shannon and the top channel of p = a / Σa and q = b / Σb over the matrices live
+    in both (Σa, Σb over those too), in float64.
+
+    JS = ½ Σ [p ln(p/m) + q ln(q/m)] with m = (p + q) / 2, written with r = p/m (so q/m = 2 - r):
+    two logarithms a channel pair, and exactly 0 where p == q.
+    """
+    la, lb = lays["a"], lays["b"]
+    K, w, q_ = la.K, la.w, la.q
+    # Σa, Σb over the rows live in both (the float64 row sums divided by their counts)
+    cnt64 = {s: np.repeat(lays[s].counts, q_, axis=1) for s in "ab"}
+    tot = {s: np.where(both, sums[s][2] / np.where(both, cnt64[s], 1), 0.0).sum(axis=1) for s in "ab"}
+    todo = np.zeros(K, bool)
+    for k, r in enumerate(out):
+        ca, cb = la.counts[k] > 0, lb.counts[k] > 0
+        if not ca.any():
+            r.reason = "zero counts in A (no tokens reached it)"
+        elif not cb.any():
+            r.reason = "zero counts in B (no tokens reached it)"
+        elif not (ca & cb).any():
+            r.reason = "no matrix (expert) has tokens in both A and B"
+        else:
+            live = int(np.count_nonzero(ca & cb))
+            r.experts_compared, r.experts_skipped = live, la.n_mat - live
+            if tot["a"][k] == 0.0 or tot["b"][k] == 0.0:
+                r.reason = f"all channels are zero in {'A' if tot['a'][k] == 0.0 else 'B'}"
+            else:
+                todo[k] = True
+    if not todo.any():
+        return
+    # each row's factor: 1 / (count * Σ) where live in both, else 0 (its p and q are 0: they add nothing)
+    scale = {s: np.where(both & todo[:, None], 1.0 / (cnt64[s] * np.where(todo, tot[s], 1.0)[:, None]), 0.0)
+             for s in "ab"}
+    s_max = la.sub_elements
+    P, Q, R, T = (scratch_array(scratch, nm, (K, s_max), np.float64) for nm in ("P", "Q", "R", "T"))
+    pq, pp, qq, jp, jq = (np.zeros(K) for _ in range(5))
+    best = np.full(K, -1.0)
+    best_i = np.zeros(K, np.int64)
+    best_p, best_q = np.zeros(K), np.zeros(K)
+    ra, rb = readers["a"], readers["b"]
+    for (r0, r1, raw_a), (_, _, raw_b) in zip(ra.blocks(), rb.blocks()):
+        for (s0, s1, part_a), (_, _, part_b) in zip(ra.subs(r0, r1, raw_a), rb.subs(r0, r1, raw_b)):
+            m = s1 - s0
+            L = m * w
+            p, q, r, t = P[:, :L], Q[:, :L], R[:, :L], T[:, :L]
+            np.multiply(part_a.reshape(K, m, w), scale["a"][:, s0:s1, None], out=p.reshape(K, m, w))
+            np.multiply(part_b.reshape(K, m, w), scale["b"][:, s0:s1, None], out=q.reshape(K, m, w))
+            pq += rowdot(p, q)
+            pp += rowdot(p, p)
+            qq += rowdot(q, q)
+            # the top channel: largest |q - p|, the first of equals
+            d = np.subtract(q, p, out=t)
+            np.abs(d, out=d)
+            dead = ~both[:, s0:s1]
+            if dead.any():  # rows not live in both are no candidates
+                d.reshape(K, m, w)[dead] = -1.0
+            i = np.argmax(d, axis=1)
+            v = d[np.arange(K), i]
+            better = v > best
+            if better.any():
+                best = np.where(better, v, best)
+                best_i = np.where(better, s0 * w + i, best_i)
+                best_p = np.where(better, p[np.arange(K), i], best_p)
+                best_q = np.where(better, q[np.arange(K), i], best_q)
+            # Jensen–Shannon: r = p / m = 2p / (p + q)
+            np.add(p, q, out=r)
+            np.maximum(r, _TINY, out=r)
+            np.divide(p, r, out=r)
+            r *= 2
+            np.subtract(2.0, r, out=t)
+            np.maximum(t, _TINY, out=t)
+            np.log(t, out=t)
+            jq += rowdot(q, t)
+            np.maximum(r, _TINY, out=r)
+            np.log(r, out=r)
+            jp += rowdot(p, r)
+    ra.check_stamps()
+    rb.check_stamps()
+    for k in np.flatnonzero(todo):
+        r = out[k]
+        dot, na, nb = float(pq[k]), float(pp[k]), float(qq[k])
+        r.cossim = None if na == 0.0 or nb == 0.0 else max(-1.0, min(1.0, dot / math.sqrt(na * nb)))
+        r.js = min(1.0, max(0.0, 0.5 * float(jp[k] + jq[k]) / math.log(2.0)))  # nats to bits
+        r.top_channel = int(best_i[k])  # flat: expert * n_in + channel
+        r.top_value_a, r.top_value_b = float(best_p[k] * tot["a"][k]), float(best_q[k] * tot["b"][k])
+        r.top_share_delta = float(best_q[k] - best_p[k])
 
 
 def channel_pair(a: Imatrix, b: Imatrix, name: str) -> ChannelPair:
@@ -331,22 +387,20 @@ def _header(a: Imatrix, b: Imatrix) -> list[HeaderDiff]:
 
 
 def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> DiffReport:
-    """Every tensor of A and B compared; one tensor of each file in memory at a time.
+                 cancelled: Callable[[], bool] | None = None, fork: bool = False) -> DiffReport:
+    """Every tensor of A and B compared, in bounded memory (the engine's blocks).
 
-    progress(done, total) is called after each tensor; cancelled() is polled between tensors and
-    raises InterruptedError when it returns True (the TUI's worker cancels this way).
+    progress(done, total) is called as tensors are done; cancelled() is polled between blocks and
+    raises InterruptedError when it returns True (the TUI's worker cancels this way). `fork`: compute
+    in worker processes (only a single-threaded caller such as the CLI may ask).
     """
     pa = None if a.path is None else str(a.path)
     pb = None if b.path is None else str(b.path)
     names = sorted(set(a.entries) | set(b.entries))
-    rows: list[TensorDiff] = []
-    for i, name in enumerate(names):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("diff cancelled")
-        rows.append(_row(name, a.entries.get(name), b.entries.get(name), pa, pb))
-        if progress is not None:
-            progress(i + 1, len(names))
+    threads = engine.default_threads()
+    res = engine.run_all(diff_batch, _plan(a, b, names, threads), None, cancelled,
+                         _ticker(progress, len(names)), threads, fork)
+    rows = [_row(name, a.entries.get(name), b.entries.get(name), res, pa, pb) for name in names]
 
     rank_a = _ranks({r.name: r.sum_a for r in rows})
     rank_b = _ranks({r.name: r.sum_b for r in rows})
@@ -363,6 +417,77 @@ def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | 
         only_b=[n for n in names if n not in a.entries],
         layers=layers, by_kind=by_kind,
     )
+
+
+def _plan(a: Imatrix, b: Imatrix, names: list[str], threads: int) -> list[list[DiffColumn]]:
+    """Batches of one shape: tensors in both files (same shape) together; the others one side alone."""
+    pairs, only = [], {"a": [], "b": []}
+    for name in names:
+        ea, eb = a.entries.get(name), b.entries.get(name)
+        if ea is not None and eb is not None and ea.shape == eb.shape:
+            pairs.append(name)
+        else:
+            for side, e in (("a", ea), ("b", eb)):
+                if e is not None:
+                    only[side].append(name)
+    batches = [[DiffColumn(n, a.entries[n], b.entries[n]) for n in chunk]
+               for chunk in engine.group_by_shape(pairs, lambda n: a.entries[n].shape, threads)]
+    for side, im in (("a", a), ("b", b)):
+        for chunk in engine.group_by_shape(only[side], lambda n: im.entries[n].shape, threads):
+            batches.append([DiffColumn(n, a.entries[n] if side == "a" else None,
+                                       b.entries[n] if side == "b" else None) for n in chunk])
+    return batches
+
+
+def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    done = [0]
+
+    def tick(n: int) -> None:  # a batch's n tensors done: told one by one, as callers count tensors
+        new = min(total, done[0] + n)  # (a tensor of two shapes is done twice, once a side)
+        for i in range(done[0] + 1, new + 1):
+            progress(i, total)
+        done[0] = new
+
+    return tick
+
+
+def _row(name: str, ea: Entry | None, eb: Entry | None, res: dict[tuple[str, str], ColumnDiff],
+         pa: str | None, pb: str | None) -> TensorDiff:
+    layer, kind = split_name(name)
+    row = TensorDiff(name=name, layer=layer, kind=kind,
+                     shape_a=None if ea is None else tuple(ea.shape),
+                     shape_b=None if eb is None else tuple(eb.shape),
+                     sum_a=None, sum_b=None, sum_ratio=None, cossim=None, js=None,
+                     rank_a=None, rank_b=None, rank_shift=None, top_channel=None, top_value_a=None,
+                     top_value_b=None, top_share_delta=None, comparable=False, reason=None)
+    pair = res.get(("ab", name))
+    ca = pair if pair is not None else res.get(("a", name))
+    cb = pair if pair is not None else res.get(("b", name))
+    for c, path in ((ca, pa), (cb, pb)):  # A first: the first tensor in name order, A before B
+        err = None if c is None else (c.error_a if c is ca else c.error_b)
+        if err:
+            raise CorruptError(err, path)
+    row.sum_a = None if ca is None else ca.sum_a
+    row.sum_b = None if cb is None else cb.sum_b
+    if row.sum_a is not None and row.sum_b is not None and row.sum_a != 0:
+        row.sum_ratio = row.sum_b / row.sum_a
+    if ea is None:
+        row.reason = "missing in A"
+    elif eb is None:
+        row.reason = "missing in B"
+    elif pair is None:
+        row.reason = f"shape mismatch: {ea.n_mat}x{ea.n_in} in A, {eb.n_mat}x{eb.n_in} in B"
+    else:
+        row.reason = pair.reason
+        row.experts_compared, row.experts_skipped = pair.experts_compared, pair.experts_skipped
+        if pair.reason is None:
+            row.cossim, row.js, row.top_channel = pair.cossim, pair.js, pair.top_channel
+            row.top_value_a, row.top_value_b = pair.top_value_a, pair.top_value_b
+            row.top_share_delta = pair.top_share_delta
+            row.comparable = True
+    return row
 
 
 def _layer_similarity(rows: list[TensorDiff], a: Imatrix, b: Imatrix

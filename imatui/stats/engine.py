@@ -262,8 +262,12 @@ class BlockReader:
                 else:
                     src.read_into(raw[k], e0, self.fds)
             yield r0, r1, raw
+        self.check_stamps()
+
+    def check_stamps(self) -> None:
+        """TruncatedError if a file read from changed since it was opened."""
         for src in self.sources:
-            if src.slice is not None:
+            if src.slice is not None and src.slice.path in self.fds:
                 check_stamp(self.fds[src.slice.path], src.slice)
 
     def subs(self, r0: int, r1: int, raw: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
