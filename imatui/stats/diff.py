@@ -178,10 +178,10 @@ class ColumnDiff:
 
 
 _TINY = np.finfo(np.float64).tiny
-# the compare pass holds four float64 (tensor, element) matrices a sub-block: an eighth of the
-# statistics' sub-block keeps them in a core's L2 cache (2^15 elements, 256 KB each; 1 GB files on a
-# 2-core EPYC, six blocks of the 1 GB pair on one thread: 5.2-5.8 s at an eighth, 15-18 s at a quarter,
-# 6.3-7.5 s at a sixteenth)
+# the compare pass holds four float64 (tensor, element) matrices: it works on pieces of an eighth of a
+# sub-block, which keeps them in a core's L2 cache (2^15 elements, 256 KB each; on a 2-core EPYC, six
+# blocks of the 1 GB pair on one thread: 5.2-5.8 s at an eighth, 15-18 s at a quarter, 6.3-7.5 s at a
+# sixteenth)
 SUB_FRACTION = 8
 
 
@@ -196,7 +196,7 @@ def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[],
     """
     if scratch is None:
         scratch = {}
-    sub = max(1, (engine.SUB_ELEMENTS if sub_elements is None else sub_elements) // SUB_FRACTION)
+    sub = engine.SUB_ELEMENTS if sub_elements is None else sub_elements
     sides = [s for s in ("a", "b") if getattr(cols[0], s) is not None]
     key = "".join(sides)
     out = [ColumnDiff((key, c.name)) for c in cols]
@@ -247,20 +247,35 @@ def _pass1(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
     vbuf = scratch_array(scratch, "v", (s_max, K), F32)
     means = {s: MeansT(lays[s]) for s in sides}
     total = {s: np.zeros(K, F32) for s in sides}
-    vmin = {s: np.full(K, np.inf, F32) for s in sides}
+    rawmin = {s: np.empty((K, lay0.rows), F32) for s in sides}
     row_sums = {s: np.zeros((K, lay0.rows)) if both is not None else None for s in sides}
     for blocks in zip(*(readers[s].blocks() for s in sides)):
         for s, (r0, r1, raw) in zip(sides, blocks):
             for s0, s1, part in readers[s].subs(r0, r1, raw):
                 _, vt = means[s](part, s0, s1, tbuf, vbuf)
                 total[s] = sum_v(vt, total[s])
-                np.minimum(vmin[s], vt.min(axis=0), out=vmin[s])  # (skipped rows: 0, never < 0)
+                part.reshape(K, s1 - s0, w).min(axis=2, out=rawmin[s][:, s0:s1])  # v = raw / c: monotone
                 if both is not None:
                     np.einsum("kmw->km", part.reshape(K, s1 - s0, w), dtype=np.float64,
                               out=row_sums[s][:, s0:s1])
     for s in sides[1:]:  # zip stops at the first side's end: the others' final checks
         readers[s].check_stamps()
+    # each side's smallest v over its live rows (the negative check)
+    vmin = {s: np.where(lays[s].live, rawmin[s] / lays[s].cnt, np.inf).min(axis=1) for s in sides}
     return {s: (total[s], vmin[s], row_sums[s]) for s in sides}
+
+
+def _pieces(r0: int, r1: int, w: int, c_max: int):
+    """(g0, g1, c0, c1): rows g0..g1, columns c0..c1 of a read block, about c_max elements of each tensor
+    (whole rows while they fit, else parts of one row), in element order."""
+    if w <= c_max:
+        step = c_max // w
+        for g0 in range(r0, r1, step):
+            yield g0, min(r1, g0 + step), 0, w
+        return
+    for g in range(r0, r1):
+        for c0 in range(0, w, c_max):
+            yield g, g + 1, c0, min(w, c0 + c_max)
 
 
 def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.ndarray,
@@ -297,35 +312,37 @@ def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
     # each row's factor: 1 / (count * Σ) where live in both, else 0 (its p and q are 0: they add nothing)
     scale = {s: np.where(both & todo[:, None], 1.0 / (cnt64[s] * np.where(todo, tot[s], 1.0)[:, None]), 0.0)
              for s in "ab"}
-    s_max = la.sub_elements
-    P, Q, R, T = (scratch_array(scratch, nm, (K, s_max), np.float64) for nm in ("P", "Q", "R", "T"))
+    c_max = max(1, la.sub_elements // SUB_FRACTION)  # elements of each tensor per piece
+    P, Q, R, T = (scratch_array(scratch, nm, (K, c_max), np.float64) for nm in ("P", "Q", "R", "T"))
     pq, pp, qq, jp, jq = (np.zeros(K) for _ in range(5))
     best = np.full(K, -1.0)
     best_i = np.zeros(K, np.int64)
     best_p, best_q = np.zeros(K), np.zeros(K)
     ra, rb = readers["a"], readers["b"]
     for (r0, r1, raw_a), (_, _, raw_b) in zip(ra.blocks(), rb.blocks()):
-        for (s0, s1, part_a), (_, _, part_b) in zip(ra.subs(r0, r1, raw_a), rb.subs(r0, r1, raw_b)):
-            m = s1 - s0
-            L = m * w
+        for g0, g1, c0, c1 in _pieces(r0, r1, w, c_max):
+            m, cw = g1 - g0, c1 - c0
+            L = m * cw
             p, q, r, t = P[:, :L], Q[:, :L], R[:, :L], T[:, :L]
-            np.multiply(part_a.reshape(K, m, w), scale["a"][:, s0:s1, None], out=p.reshape(K, m, w))
-            np.multiply(part_b.reshape(K, m, w), scale["b"][:, s0:s1, None], out=q.reshape(K, m, w))
+            a3 = raw_a.reshape(K, r1 - r0, w)[:, g0 - r0 : g1 - r0, c0:c1]
+            b3 = raw_b.reshape(K, r1 - r0, w)[:, g0 - r0 : g1 - r0, c0:c1]
+            np.multiply(a3, scale["a"][:, g0:g1, None], out=p.reshape(K, m, cw))
+            np.multiply(b3, scale["b"][:, g0:g1, None], out=q.reshape(K, m, cw))
             pq += rowdot(p, q)
             pp += rowdot(p, p)
             qq += rowdot(q, q)
             # the top channel: largest |q - p|, the first of equals
             d = np.subtract(q, p, out=t)
             np.abs(d, out=d)
-            dead = ~both[:, s0:s1]
+            dead = ~both[:, g0:g1]
             if dead.any():  # rows not live in both are no candidates
-                d.reshape(K, m, w)[dead] = -1.0
+                d.reshape(K, m, cw)[dead] = -1.0
             i = np.argmax(d, axis=1)
             v = d[np.arange(K), i]
             better = v > best
             if better.any():
                 best = np.where(better, v, best)
-                best_i = np.where(better, s0 * w + i, best_i)
+                best_i = np.where(better, (g0 + i // cw) * w + c0 + i % cw, best_i)
                 best_p = np.where(better, p[np.arange(K), i], best_p)
                 best_q = np.where(better, q[np.arange(K), i], best_q)
             # Jensen–Shannon: r = p / m = 2p / (p + q)
