@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import resource
 import statistics
 import sys
 import time
@@ -26,6 +27,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_diff import DEFAULT_A, DEFAULT_B, make_b  # noqa: E402
+
+
+def cpu() -> float:
+    """CPU seconds of this process and of the worker processes it waited for."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,26 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     for fork in (True, False):
         kw = {"fork": fork} if can_fork else {}
         prev = Checkpoint(1, None, channel_means(a, **kw))
-        stats_s, step_s = [], []
+        stats_s, step_s, cpu_ratios = [], [], []
         for _ in range(args.repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu()
             compute_stats(a, fork=fork)
             stats_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            stats_c = cpu() - c
+            t, c = time.perf_counter(), cpu()
             step = compare(prev, Checkpoint(2, None, channel_means(b, **kw)))
             step_s.append(time.perf_counter() - t)
+            cpu_ratios.append((cpu() - c) / stats_c)
         ratios = [s / b_ for s, b_ in zip(step_s, stats_s)]
-        rows.append((fork, statistics.median(stats_s), statistics.median(step_s), ratios, step))
+        rows.append((fork, statistics.median(stats_s), statistics.median(step_s), ratios, step, cpu_ratios))
     load_after = os.getloadavg()[0]
     print(f"A {args.a}, B {args.b}; {args.repeat} runs each, median; load average {load_before:.1f} before, "
           f"{load_after:.1f} after")
-    print(f"{'run on':34s} {'stats pass s':>12s} {'step s':>8s} {'step / stats':>13s}  run by run")
-    for fork, st, sp, ratios, _ in rows:
+    print(f"{'run on':34s} {'stats pass s':>12s} {'step s':>8s} {'step / stats':>13s} {'CPU ratio':>10s}  run by run")
+    for fork, st, sp, ratios, _, cpu_ratios in rows:
         where = "worker processes (as the CLI)" if fork and can_fork else "threads (as the app)"
         if fork and not can_fork:
             where = "stats forked, means in one thread"
-        print(f"{where:34s} {st:12.2f} {sp:8.2f} {statistics.median(ratios):13.2f}  "
-              + " ".join(f"{r:.2f}" for r in ratios))
+        print(f"{where:34s} {st:12.2f} {sp:8.2f} {statistics.median(ratios):13.2f} "
+              f"{statistics.median(cpu_ratios):10.2f}  " + " ".join(f"{r:.2f}" for r in ratios))
     step = rows[0][4]
     print(f"step: {len(step.cossim)} tensors, min cosine {step.min:.6f} ({step.min_tensor}), "
           f"median {step.median:.6f}")
