@@ -100,3 +100,33 @@ def test_formatting():
     assert format_duration(3 * 3600 + 125) == "3h02m"
     assert format_rate(4.25) == "4.2/min"
     assert format_rate(None) == "–"
+
+
+@pytest.mark.parametrize("sub,width", [(1 << 18, 256), (40, 4), (7, 1)])
+def test_channel_means_batched_equal_a_plain_sum(monkeypatch, sub, width):
+    """The engine's blocks and sub-blocks (rows cut in pieces, many or few rows a sub-block), in threads or
+    worker processes: each channel's sum over the matrices divided by the tensor's total count."""
+    from imatui.stats import engine
+
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", sub)
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 4 * sub)
+    monkeypatch.setattr(engine, "MIN_WIDTH", width)
+    rng = np.random.default_rng(sub)
+    entries = {}
+    for blk in range(5):
+        for name, (n_mat, n_in) in {"ffn_up_exps": (6, 24), "attn_q": (1, 40), "ffn_down_exps": (6, 9)}.items():
+            counts = rng.integers(1 if n_mat == 1 else 0, 30, n_mat).astype(np.float64)
+            full = f"blk.{blk}.{name}.weight"
+            entries[full] = Entry.from_arrays(full, rng.lognormal(0, 2, (n_mat, n_in)).astype(np.float32), counts)
+    never = np.zeros(6)
+    entries["blk.5.ffn_up_exps.weight"] = Entry.from_arrays("blk.5.ffn_up_exps.weight", np.ones((6, 24), np.float32),
+                                                            never)
+    im = Imatrix(entries=entries, datasets=["s"], chunk_count=1, chunk_size=512)
+    monkeypatch.setattr(engine.threading, "active_count", lambda: 1)
+    for fork in (False, True):
+        means = channel_means(im, fork=fork)
+        assert list(means) == [n for n in entries if n != "blk.5.ffn_up_exps.weight"]  # never hit: left out
+        for name, m in means.items():
+            e = entries[name]
+            want = np.asarray(e.sums2, dtype=np.float64).sum(axis=0) / e.counts.sum()
+            np.testing.assert_allclose(m, want, rtol=1e-14)

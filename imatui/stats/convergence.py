@@ -70,10 +70,14 @@ def means_batch(cols: list[_MeansColumn], path: str | None, cancelled: Callable[
         for r0, r1, raw in reader.blocks():
             for s0, s1, part in reader.subs(r0, r1, raw):
                 p3 = part.reshape(K, s1 - s0, w)
+                if s1 - s0 <= 16:  # a few rows: added one by one (float32 into float64, one sweep each)
+                    for r in range(s0, s1):
+                        np.add(acc[:, r % q], p3[:, r - s0], out=acc[:, r % q])
+                    continue
                 for j in range(q):  # the rows of piece j in this sub-block: every q-th from the first
                     first = (j - s0) % q
                     if first < s1 - s0:
-                        acc[:, j] += np.einsum("kmw->kw", p3[:, first::q], dtype=np.float64)
+                        acc[:, j] += np.add.reduce(p3[:, first::q], axis=1, dtype=np.float64)
     return [_Means(c.name, acc[k].reshape(-1) / c.total) for k, c in enumerate(cols)]
 
 
