@@ -198,7 +198,8 @@ def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                   or not 0 <= int(value) < 2**32):
             raise CorruptError(f"{key} is {value!r}, not a chunk number", path)
-    if datasets is not None and (not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets)):
+    if datasets is not None and (not isinstance(datasets, list)
+                                 or not all(isinstance(d, str) for d in datasets)):
         raise CorruptError(f"{KEY_DATASETS} is not a list of names", path)
     metadata: dict[str, Any] = {}
     for key, field in fields.items():
