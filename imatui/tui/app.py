@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -26,6 +27,7 @@ from imatui.tui.open_file import OpenFile
 from imatui.tui.screens.diff import DiffScreen
 from imatui.tui.screens.help import HelpScreen
 from imatui.tui.screens.main import MainScreen
+from imatui.tui.screens.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmallScreen
 from imatui.tui.widgets.stats_table import TensorTable
 
 ENDLESS_GROUPS = {"watch", "_loader"}  # workers that never finish: the follower, DirectoryTree's loader
@@ -66,6 +68,7 @@ class ImatuiApp(App[None]):
     def on_mount(self) -> None:
         self.theme = os.environ.get("IMATUI_THEME", "textual-dark")
         self.call_after_refresh(self._first_frame)
+        self.call_after_refresh(self.on_resize)
         if self.diff_with:
             self.push_screen(CommandLineDiff(self.paths[0], self.diff_with, chunk_size=self.chunk_size))
 
@@ -75,6 +78,15 @@ class ImatuiApp(App[None]):
 
     def on_unmount(self) -> None:
         self.open_file.stop()
+
+    def on_resize(self, event: events.Resize | None = None) -> None:
+        """Below 80×24 one screen says "terminal too small" instead of overlapping panes."""
+        size = self.size if event is None else event.size  # this runs before App's own handler
+        small = size.width < MIN_WIDTH or size.height < MIN_HEIGHT
+        if small and not isinstance(self.screen, TooSmallScreen):
+            self.push_screen(TooSmallScreen())
+        elif not small and isinstance(self.screen, TooSmallScreen):
+            self.pop_screen()
 
     # -- the open file's messages, routed to the main screen -----------------------------------------
     @property
@@ -138,7 +150,7 @@ class ImatuiApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(self.screen))  # that screen's own keys and columns
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

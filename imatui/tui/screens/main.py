@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
+from rich.text import Text
 from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, Input, Static
 
 from imatui.imatrix import Imatrix
@@ -45,7 +46,23 @@ class MainView(Vertical):
 
 
 class MainScreen(Screen):
+    DEFAULT_CSS = """
+    #filter-row { height: auto; }
+    #filter { width: 1fr; }
+    #filter-count { width: auto; height: 1; padding: 0 1; background: $boost; color: $text-muted; }
+    #filter-count.-none { color: $warning; text-style: bold; }
+    #layer-summary { display: none; width: 1fr; height: 1fr; border-left: vkey $foreground 20%; padding: 0 1; }
+    #main.-layer-detail #detail { display: none; }
+    #main.-layer-detail #layer-summary { display: block; }
+    #main.-view-layers #layer-summary, #main.-view-all.-narrow #layer-summary { display: none; }
+    """
+
+    # focus is given by hand: the first focusable widget (the filter box) must never take keys unseen
+    AUTO_FOCUS = ""
+
     BINDINGS = [
+        # first, so that it stays in the footer at 80 columns (the App's q does the same elsewhere)
+        Binding("q", "app.quit", "Quit", id="main.quit", tooltip="leave imatui"),
         # priority: run before the keys that follow it in the same read (a paste, or fast typing) are
         # handed to the widget that has the focus, so that they land in the filter box, not in the table
         Binding("slash", "filter", "Filter", id="filter", priority=True, tooltip="filter tensor names (text or regex)"),
@@ -88,8 +105,14 @@ class MainScreen(Screen):
             # otherwise the browser is mounted when first shown (b): listing a folder checks the
             # bytes of every candidate file, work that must not slow down the first load
             with MainView(id="main", classes="-empty"):
-                yield Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
-                            id="filter")
+                with Horizontal(id="filter-row"):
+                    box = Input(placeholder="filter tensor names: text or regex (Enter keeps, Esc clears)",
+                                id="filter")
+                    box.display = False  # from the start: an invisible box must never take keys
+                    yield box
+                    count = Static("", id="filter-count")
+                    count.display = False
+                    yield count
                 yield Static("", id="placeholder")
                 with ContentSwitcher(initial="tensors", id="tables"):
                     yield TensorTable(id="tensors")
@@ -97,13 +120,13 @@ class MainScreen(Screen):
                 with Horizontal(id="lower"):
                     yield LayerSparklines(id="sparklines")
                     yield DetailPane(id="detail")
+                    yield Static("", id="layer-summary")
         footer = Footer()
         footer.compact = True  # every binding fits on 80 columns
         yield footer
 
     def on_mount(self) -> None:
         info = self.query_one(InfoBar)
-        self.query_one("#filter").display = False
         self.apply_layout()
         path = self.plan.initial
         if path is None:
@@ -124,7 +147,6 @@ class MainScreen(Screen):
             # paint the first frame before the loader thread competes for the GIL
             self.open_scheduled = True
             self.call_after_refresh(self._open_initial, path)
-        self.tensor_table.focus()
 
     def _open_initial(self, path: str) -> None:
         self.open_scheduled = False
@@ -191,7 +213,10 @@ class MainScreen(Screen):
             self.active_table.focus()
         if self.load_started is not None and self.table_filled_at is None:
             self.table_filled_at = time.perf_counter()
+        self._show_filter_count()
         self._select(self.tensor_table.selected_key, force=True)
+        if self.current_table == "layers":
+            self._show_layer(self.layer_table.selected_key)
 
     def writing(self, path: str) -> None:
         """An empty or half-written file: no error, it opens when complete."""
@@ -250,6 +275,29 @@ class MainScreen(Screen):
     def _layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and self.current_table == "layers":
             self.query_one(LayerSparklines).select_layer(int(str(event.row_key.value)))
+            self._show_layer(str(event.row_key.value))
+
+    def _show_layer(self, key: str | None) -> None:
+        """The per-layer table drives the lower right pane: the layer's summary and its tensors."""
+        summary = self.query_one("#layer-summary", Static)
+        layer = None if key is None or self.report is None else next(
+            (row for row in self.report.layers if str(row.layer) == key), None)
+        if layer is None:
+            summary.update(Text("no layer selected", style="dim"))
+            return
+        text = Text.assemble((f"layer {layer.layer}", "bold"),
+                             f" · {layer.n_tensors} tensors · μΣ {layer.sum:.2f} · ZD {layer.zd * 100:.2f}%")
+        if layer.cossim is not None:
+            text.append(f" · CosSim {layer.cossim:.4f}")
+        text.append("\n\n")
+        rows = sorted((t for t in self.report.tensors if t.layer == layer.layer), key=lambda t: -t.sum)
+        width = max((len(t.kind) for t in rows), default=4)
+        text.append(f"{'kind':<{width}}  {'Σ(Act²)':>12}  {'max/μ':>9}  {'CosSim':>7}  {'dead':>5}\n", style="bold")
+        for t in rows:
+            ratio = f"{t.max / t.mean:9.1f}" if t.mean else f"{'–':>9}"
+            cos = f"{t.cossim:7.4f}" if t.cossim is not None else f"{'–':>7}"
+            text.append(f"{t.kind:<{width}}  {t.sum:12.2f}  {ratio}  {cos}  {t.dead:5d}\n")
+        summary.update(text)
 
     def _select(self, name: str | None, force: bool = False) -> None:
         if name == self.selected_name and not force:
@@ -269,7 +317,7 @@ class MainScreen(Screen):
     def _file_selected(self, event: DirectoryTree.FileSelected) -> None:
         event.stop()
         self.open_path(str(event.path))
-        self.tensor_table.focus()
+        self._focus_table()
 
     @property
     def browser(self) -> ImatrixTree | None:
@@ -283,7 +331,7 @@ class MainScreen(Screen):
             self.query_one("#body").mount(browser, before="#main")
         if browser is not None:
             browser.display = show
-            browser.focus() if show else self.active_table.focus()
+            browser.focus() if show else self._focus_table()
         return browser
 
     def action_toggle_browser(self) -> None:
@@ -297,6 +345,7 @@ class MainScreen(Screen):
             box.insert_text_at_cursor("/")
             return
         box.display = True
+        self._show_filter_count()
         self.show_table("tensors", focus=False)
         # now, not later (focus() defers): keys typed or pasted right after "/" belong to the box
         self.set_focus(box)
@@ -307,12 +356,30 @@ class MainScreen(Screen):
         self.tensor_table.set_filter(matcher)
         event.input.set_class(problem is not None, "-invalid-regex")
         event.input.tooltip = problem
+        self._show_filter_count()
+
+    def _show_filter_count(self) -> None:
+        """"N of M tensors" beside a visible filter; "no tensor matches" (and an empty detail pane)."""
+        box = self.query_one("#filter", Input)
+        count = self.query_one("#filter-count", Static)
+        count.display = box.display
+        if self.report is None:
+            count.update("no file yet" if box.value else "")
+            return
+        shown, total = self.tensor_table.row_count, len(self.report.tensors)
+        none = bool(box.value) and shown == 0
+        count.set_class(none, "-none")
+        count.update(f"no tensor matches (of {total})" if none else f"{shown} of {total} tensors")
+        if none:
+            self.selected_name = None
+            self.query_one(DetailPane).clear(f"no tensor matches {box.value!r}")
 
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
         if not event.value.strip():
             event.input.display = False
-        self.tensor_table.focus()
+            self._show_filter_count()
+        self._focus_table()
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -320,13 +387,24 @@ class MainScreen(Screen):
             box.value = ""
             self.tensor_table.set_filter(name_matcher("")[0])
         box.display = False
-        self.active_table.focus()
+        self._show_filter_count()
+        self._focus_table()
+
+    def _focus_table(self) -> None:
+        """The table in front, when there is one on screen; otherwise nothing (keys go to the bindings)."""
+        if self.report is not None:
+            self.active_table.focus()
+        else:
+            self.set_focus(None)
 
     # -- sorting, tables, metrics, views -----------------------------------------------------
     def show_table(self, which: str, focus: bool = True) -> None:
         self.query_one("#tables", ContentSwitcher).current = which
+        self.query_one("#main").set_class(which == "layers", "-layer-detail")
+        if which == "layers":
+            self._show_layer(self.layer_table.selected_key)
         if focus:
-            self.active_table.focus()
+            self._focus_table()
         # the layer marker follows the table in front
         sparklines = self.query_one(LayerSparklines)
         if which == "layers":
