@@ -103,7 +103,8 @@ def seeds(folder: Path, fixtures: Path | None = None) -> list[Seed]:
         for name in ("smollm2-prose.imatrix.gguf", "smollm2-prose.imatrix.dat"):
             if (fixtures / name).exists():
                 data = (fixtures / name).read_bytes()
-                end = _gguf_header_end(data) if name.endswith(".gguf") else 4 + 4 + struct.unpack_from("<i", data, 4)[0] + 8
+                end = (_gguf_header_end(data) if name.endswith(".gguf")
+                       else 4 + 4 + struct.unpack_from("<i", data, 4)[0] + 8)
                 out.append(Seed(name, data, end, Path(name).suffix))
     return out
 
