@@ -145,7 +145,10 @@ def _llama_sum(entry: Entry, sums2: np.ndarray, path: str | None = None) -> floa
     breaks the rank sort of every tensor."""
     name = entry.name
     # a float64 sum of float32 values cannot overflow: it is non-finite only for NaN or Inf
-    if not math.isfinite(float(np.sum(sums2, dtype=np.float64))):
+    # (Inf + -Inf is NaN: said below as one line, not as numpy's RuntimeWarning on stderr)
+    with np.errstate(invalid="ignore"):
+        total = float(np.sum(sums2, dtype=np.float64))
+    if not math.isfinite(total):
         bad = int(np.count_nonzero(~np.isfinite(sums2)))
         raise CorruptError(f"tensor {name} has {bad} non-finite values (NaN or Inf)", path)
     counts = np.asarray(entry.counts, dtype=np.float64)
