@@ -4,7 +4,7 @@
 
 - follower latency: a writer rewrites a SmolLM2 checkpoint in place (truncate, write, close) or by
   rename; the clock runs from the writer's close/rename to the follower yielding the complete file
-  ("follower"), and to its statistics being computed as the app's watcher does ("stats ready").
+  ("follower"), and to its statistics being computed as the app's open file does ("stats ready").
   Baseline, same run: one load + statistics pass of that file. Target: <= 200 ms.
 - app latency (--app): the same, until the real app's tensor table shows the new chunk count.
 - idle CPU: process CPU time while the follower waits on an unchanged file, against a bare
@@ -128,7 +128,7 @@ async def idle_cpu(path: Path, seconds: float) -> tuple[float, float]:
 
 
 async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> tuple[list[float], list[float]]:
-    """End of write -> the watcher posts DataLoaded, and -> the app's handler has updated the table."""
+    """End of write -> the open file posts DataLoaded, and -> the app's handler has updated the table."""
     from imatui.tui.app import ImatuiApp, make_app
 
     handled: list[float] = []
@@ -155,7 +155,7 @@ async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> tuple[list
                     await asyncio.sleep(0.002)
                     if time.monotonic() - end > 30:
                         raise RuntimeError("the app did not update")
-                posted_out.append(app.watcher.loaded_at - end)
+                posted_out.append(app.open_file.loaded_at - end)
                 out.append(handled[-1] - end)
                 await pilot.pause(0.3)
     finally:
@@ -164,23 +164,18 @@ async def app_latency(path: Path, blobs: list[bytes], rounds: int) -> tuple[list
 
 
 async def app_idle_cpu(path: Path, seconds: float, follow_file: bool) -> float:
-    """CPU seconds of the headless app showing an unchanged file, with or without the watcher."""
+    """CPU seconds of the headless app showing an unchanged file, with or without following."""
     from imatui.tui.app import make_app
-    from imatui.tui.watcher import LiveWatcher
 
-    original = LiveWatcher.follow
-    if not follow_file:
-        LiveWatcher.follow = lambda self, *a, **k: None  # type: ignore[method-assign]
-    try:
-        app = make_app([str(path)])
-        async with app.run_test(size=(120, 36)) as pilot:
-            await app.wait_for_data()
-            await pilot.pause(1.0)
-            c0 = cpu_seconds()
-            await asyncio.sleep(seconds)
-            return cpu_seconds() - c0
-    finally:
-        LiveWatcher.follow = original  # type: ignore[method-assign]
+    app = make_app([str(path)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        if not follow_file:  # the file stays on screen; its follower (group "watch") stops
+            app.workers.cancel_group(app, "watch")
+        await pilot.pause(1.0)
+        c0 = cpu_seconds()
+        await asyncio.sleep(seconds)
+        return cpu_seconds() - c0
 
 
 def fmt(values: list[float]) -> str:
@@ -212,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"= {statistics.median(ready) * 1000 / base_ms:.2f}x baseline; target 200 ms")
         if args.app:
             posted, lat = asyncio.run(app_latency(path, blobs, args.rounds))
-            print(f"  in place write -> app watcher posts data: {fmt(posted)}")
+            print(f"  in place write -> app posts data:           {fmt(posted)}")
             print(f"  in place write -> app table updated:      {fmt(lat)}")
             without = asyncio.run(app_idle_cpu(path, args.idle, False))
             with_watch = asyncio.run(app_idle_cpu(path, args.idle, True))
-            print(f"app idle over {args.idle:.0f} s: {without * 1000:.0f} ms CPU without the watcher, "
+            print(f"app idle over {args.idle:.0f} s: {without * 1000:.0f} ms CPU without following, "
                   f"{with_watch * 1000:.0f} ms with it")
         bare, following = asyncio.run(idle_cpu(path, args.idle))
         print(f"idle over {args.idle:.0f} s: bare sleep {bare * 1000:.0f} ms CPU, following {following * 1000:.0f} ms "

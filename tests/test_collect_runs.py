@@ -130,6 +130,7 @@ def test_sigkill_at_several_moments_then_resume(tiny_model, reference, tmp_path)
         imx = load(out, lazy=False)
         assert imx["blk.2.ffn_down.weight"].counts.tolist() == [n * 128.0]
         assert imx.metadata["imatui.collect.chunks_done"] == n
+        assert imx.metadata["imatui.collect.finished"] is False  # the live view's "finished" (issue 11)
         seen.append(n)
     assert seen[1] > seen[0]
     proc = _spawn(args + ["--resume"])
@@ -202,6 +203,7 @@ def test_in_file_sums_come_first(tiny_model, reference, tmp_path):
     ref, more = load(reference, lazy=False), load(out, lazy=False)
     assert more.chunk_count == 64 and more.datasets == [str(TEXT), str(TEXT)]
     assert more.metadata["imatui.collect.chunks_done"] == 4
+    assert more.metadata["imatui.collect.finished"] is True  # the final save says so; --in-file's is not taken
     e, r = more["blk.1.attn_k.weight"], ref["blk.1.attn_k.weight"]
     assert e.counts.tolist() == [64 * 128.0]
     # the first 4 chunks are also the reference's first 4: sums grow by a bit less than 4/60

@@ -16,7 +16,9 @@ from imatui.stats.tensor import compute_stats
 from imatui.tui.app import make_app
 from imatui.tui.messages import DataLoaded, LoadFailed
 from imatui.tui.screens.convergence import ConvergenceScreen
-from imatui.tui.watcher import DELETED
+from imatui.live.state import LiveState
+
+DELETED = LiveState.DELETED.value
 from imatui.tui.widgets.info_bar import InfoBar
 from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
 from conftest import wait_until as _wait
@@ -75,10 +77,10 @@ async def test_file_deleted_while_open_keeps_the_last_data(tmp_path):
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.watcher.status == "idle")  # followed, nothing changed yet
+        await _wait(pilot, lambda: app.open_file.status == "idle")  # followed, nothing changed yet
         assert "20 × 512" in header(app) and "● idle" in header(app)
         os.remove(path)
-        await _wait(pilot, lambda: app.watcher.status == DELETED)
+        await _wait(pilot, lambda: app.open_file.status == DELETED)
         await pilot.pause()
         assert "file deleted — showing last data" in header(app)
         assert "20 × 512" in header(app) and app.tensor_table.row_count == 210
@@ -96,7 +98,7 @@ async def test_snapshot_files_on_the_command_line_show_their_convergence():
     app = make_app(paths)
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: len(app.watcher.series) == 4)
+        await _wait(pilot, lambda: len(app.open_file.series) == 4)
         await pilot.press("c")
         await pilot.pause()
         screen = app.screen
@@ -127,7 +129,7 @@ async def test_a_half_written_file_at_open_is_writing_then_picked_up(tmp_path, c
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.watcher.status == "writing…")
+        await _wait(pilot, lambda: app.open_file.status == "writing…")
         await pilot.pause()
         assert "● writing…" in header(app)
         assert "run.imatrix.gguf is being written…" in str(app.main_screen.query_one("#placeholder").render())
@@ -153,7 +155,7 @@ async def test_channels_of_a_large_file_being_rewritten_are_not_an_error(tmp_pat
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36), message_hook=messages.append) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.watcher.status == "idle")
+        await _wait(pilot, lambda: app.open_file.status == "idle")
         app.workers.cancel_group(app, "watch")  # no reload in the middle of this test
         app.imatrix = load(path)  # lazy, as the app holds a file above COPY_LIMIT
         top = app.main_screen.query_one("#detail-top")
@@ -187,7 +189,7 @@ async def test_an_unreadable_file_at_open_is_followed_and_opens_when_it_is_rewri
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.watcher.status == "unreadable")
+        await _wait(pilot, lambda: app.open_file.status == "unreadable")
         await pilot.pause(0.3)
         assert "cannot open" in header(app)
         # one error notification: the follower's finding the same is not shown again

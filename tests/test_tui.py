@@ -17,6 +17,7 @@ from textual.widgets import ContentSwitcher, Input, Sparkline
 from imatui.formats import load
 from imatui.formats.write import save
 from imatui.imatrix import Entry, Imatrix
+from imatui.live.state import LiveState
 from imatui.printers import _pct
 from imatui.stats import compute_stats
 from imatui.tui.app import ImatuiApp, make_app
@@ -378,13 +379,13 @@ async def test_header_tick_after_shutdown_is_harmless():
     app = make_app([str(PROSE)])
     async with app.run_test(size=SIZE) as pilot:
         await app.wait_for_data()
-        await _until(pilot, lambda: app.watcher.status == "idle")
-        assert app.watcher._timer is not None
-    assert app.screen_stack == [] and app.watcher.status == "idle"
-    app.watcher._refresh_header()  # raised IndexError (screen_stack[0]) before
-    app.watcher._set_status("writing…")
+        await _until(pilot, lambda: app.open_file.status == "idle")
+        assert app.open_file._timer is not None
+    assert app.screen_stack == [] and app.open_file.status == "idle"
+    app.open_file._tick()  # raised IndexError (screen_stack[0]) before
+    app.open_file._set_state(LiveState.WRITING)
     app.set_live_status("live")
-    assert app.watcher._timer is None  # stopped on unmount
+    assert app.open_file._timer is None  # stopped on unmount
 
 
 async def test_missing_file_waits(tmp_path):

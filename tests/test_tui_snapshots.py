@@ -3,11 +3,20 @@ refresh them with `pytest tests/test_tui_snapshots.py --snapshot-update` and loo
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import FIXTURES
 
+from imatui.live.state import LiveClock
 from imatui.tui.app import make_app
 
 PROSE = str(FIXTURES / "smollm2-prose.imatrix.gguf")
+
+
+@pytest.fixture(autouse=True)
+def _fixed_age(monkeypatch):
+    """The header shows the age of the file's last write; a snapshot must not depend on the clock."""
+    monkeypatch.setattr(LiveClock, "age", lambda self, now=None: 754.0 if self.writes else None)
 
 
 async def _loaded(pilot) -> None:

@@ -1,4 +1,4 @@
-"""The LiveWatcher worker inside a small host App (the real app's wiring is in test_live_app.py).
+"""The OpenFile's follower inside a small host App (the real app's wiring is in test_live_app.py).
 
 The host records every DataLoaded it receives, so the test can check that no statistics of a partial
 file ever reached the screen, and shows the chunk count the way a table would.
@@ -15,11 +15,15 @@ from textual.widgets import Static
 
 from conftest import FIXTURES
 from imatui.formats import load
-from imatui.tui.messages import DataLoaded, LoadFailed
+from imatui.live.state import LiveState
+from imatui.tui.messages import DataLoaded, LiveStateChanged, LoadFailed
+from imatui.tui.open_file import OpenFile
 from imatui.tui.screens.convergence import ConvergenceScreen
-from imatui.tui.watcher import DELETED, LIVE, LiveWatcher
 from test_live_follow import CHUNKS, SNAPSHOTS, Replay, write_atomic, write_in_place
 from conftest import wait_until as _wait
+
+# a file loaded as found is "idle" (followed, unchanged); "live" only once new versions come (issue 11)
+DELETED, IDLE = LiveState.DELETED.value, LiveState.IDLE.value
 
 
 class Host(App[None]):
@@ -31,16 +35,18 @@ class Host(App[None]):
         self.reports: list = []
         self.failures: list[str] = []
         self.statuses: list[str] = []
-        self.watcher = LiveWatcher(self)
+        self.open_file = OpenFile(self)
 
     def compose(self) -> ComposeResult:
         yield Static("no data", id="chunks")
         yield Static("", id="live")
 
     def on_mount(self) -> None:
-        self.watcher.follow(str(self.path))
+        self.open_file.open(str(self.path))
 
-    def set_live_status(self, text: str) -> None:
+    def on_live_state_changed(self, message: LiveStateChanged) -> None:
+        # the state's words (the real header adds growth and the age of the last write)
+        text = self.open_file.status
         self.statuses.append(text)
         self.query_one("#live", Static).update(text)
 
@@ -58,7 +64,7 @@ async def test_watcher_posts_every_checkpoint_and_nothing_partial(tmp_path, writ
     app = Host(path)
     replay = Replay(path, writer, delete_at_end=True)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _wait(pilot, lambda: app.watcher.status.startswith("waiting for"))
+        await _wait(pilot, lambda: app.open_file.status.startswith("waiting for"))
         assert app.query_one("#live", Static).content == "waiting for live.imatrix.gguf"
         replay.started.set()
         replay.start()
@@ -68,7 +74,7 @@ async def test_watcher_posts_every_checkpoint_and_nothing_partial(tmp_path, writ
             assert str(app.query_one("#chunks", Static).content) == f"chunks {n}"
             seen.append(n)
             replay.shown[n].set()
-        await _wait(pilot, lambda: app.watcher.status == DELETED)
+        await _wait(pilot, lambda: app.open_file.status == DELETED)
         assert app.query_one("#live", Static).content == DELETED
         assert str(app.query_one("#chunks", Static).content) == "chunks 40"  # the last data stays
     replay.join(5)
@@ -79,8 +85,8 @@ async def test_watcher_posts_every_checkpoint_and_nothing_partial(tmp_path, writ
     assert app.failures == []
     if writer is write_in_place:
         assert "writing…" in app.statuses
-    assert [c.chunk_count for c in app.watcher.series.checkpoints] == [10, 20, 30, 40]
-    assert app.watcher.series.mins()[0] == pytest.approx(0.9854764779437304, abs=1e-12)
+    assert [c.chunk_count for c in app.open_file.series.checkpoints] == [10, 20, 30, 40]
+    assert app.open_file.series.mins()[0] == pytest.approx(0.9854764779437304, abs=1e-12)
 
 
 async def test_convergence_screen_from_snapshots_grows_when_one_lands(tmp_path):
@@ -90,8 +96,8 @@ async def test_convergence_screen_from_snapshots_grows_when_one_lands(tmp_path):
         (tmp_path / f"p.imatrix.gguf.at_{n}").write_bytes(SNAPSHOTS[n].read_bytes())
     app = Host(path)
     async with app.run_test(size=(110, 30)) as pilot:
-        await _wait(pilot, lambda: len(app.watcher.series) == 3 and app.watcher.status == LIVE)
-        screen = ConvergenceScreen(app.watcher)
+        await _wait(pilot, lambda: len(app.open_file.series) == 3 and app.open_file.status == IDLE)
+        screen = ConvergenceScreen(app.open_file)
         await app.push_screen(screen)
         await pilot.pause()
         assert "checkpoints at 10, 20, 30 chunks" in str(screen.query_one("#conv-title", Static).content)
@@ -127,15 +133,15 @@ async def test_a_snapshot_still_loading_when_another_file_is_opened_stays_out_of
     other.write_bytes(SNAPSHOTS[40].read_bytes())
     app = Host(path)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _wait(pilot, lambda: app.watcher.status == LIVE and len(app.watcher.series) == 1)
+        await _wait(pilot, lambda: app.open_file.status == IDLE and len(app.open_file.series) == 1)
         snap = tmp_path / "a.imatrix.gguf.at_10"
         snap.write_bytes(b"")  # llama-imatrix has only just created it: the snapshot worker retries
-        await _wait(pilot, lambda: snap in app.watcher.snapshots)
-        app.watcher.follow(str(other))  # the user opens another file meanwhile
+        await _wait(pilot, lambda: snap in app.open_file.snapshots)
+        app.open_file.open(str(other))  # the user opens another file meanwhile
         snap.write_bytes(SNAPSHOTS[10].read_bytes())
         await _wait(pilot, lambda: [r.chunk_count for r in app.reports] == [30, 40])
         await pilot.pause(1.5)  # the snapshot worker's retries at 0.2 and 0.5 s have found it
-        assert [c.chunk_count for c in app.watcher.series.checkpoints] == [40]
+        assert [c.chunk_count for c in app.open_file.series.checkpoints] == [40]
     assert app.failures == []
 
 
@@ -154,9 +160,9 @@ async def test_the_statistics_pass_stops_when_another_file_is_opened(tmp_path, m
     path.write_bytes(SNAPSHOTS[20].read_bytes())
     app = Host(path)
     async with app.run_test(size=(100, 30)) as pilot:
-        await _wait(pilot, lambda: app.watcher.status == LIVE)
+        await _wait(pilot, lambda: app.open_file.status == IDLE)
         assert len(passes) == 1 and passes[0] is not None and passes[0]() is False
-        app.watcher.path = str(tmp_path / "other.gguf")  # what follow() does when another file opens
+        app.open_file.path = str(tmp_path / "other.gguf")  # what open() does when another file opens
         assert passes[0]() is True
         with pytest.raises(InterruptedError):  # which compute_stats turns into its early stop
             real(load(path), cancelled=passes[0])

@@ -494,7 +494,10 @@ def _main(argv: list[str]) -> int:
     def write(snapshot: bool) -> None:
         from imatui.formats.write import save
 
-        extra = {KEY_CHUNKS_DONE: totals.chunks_done, KEY_DIGEST: digest, KEY_MODEL: str(args.model)}
+        from imatui.formats.gguf import KEY_FINISHED
+
+        extra = {KEY_CHUNKS_DONE: totals.chunks_done, KEY_DIGEST: digest, KEY_MODEL: str(args.model),
+                 KEY_FINISHED: totals.chunks_done >= n_chunk}  # the live view's "finished"
         if totals.sim_sum is not None and totals.sim_tokens > 0:
             extra[KEY_SIMILARITY] = [float(v) for v in totals.sim_sum / totals.sim_tokens]
             extra[KEY_SIMILARITY_TOKENS] = int(totals.sim_tokens)

@@ -22,6 +22,9 @@ GGUF_MAGIC = b"GGUF"
 KEY_DATASETS = "imatrix.datasets"
 KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
+# written true by `imatui collect` on its final save (false on every checkpoint before): the live view
+# can then say "finished" instead of guessing from silence; llama.cpp ignores keys it does not know
+KEY_FINISHED = "imatui.collect.finished"
 SUFFIXES = (".in_sum2", ".counts", ".in_sum")
 # keys gguf-py reports for every file; not metadata of ours
 _READER_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
@@ -191,6 +194,13 @@ def read_gguf(path: str | Path, *, lazy: bool = True) -> Imatrix:
         datasets = [datasets]
     chunk_count = _field_value(fields[KEY_CHUNK_COUNT]) if KEY_CHUNK_COUNT in fields else None
     chunk_size = _field_value(fields[KEY_CHUNK_SIZE]) if KEY_CHUNK_SIZE in fields else None
+    for key, value in ((KEY_CHUNK_COUNT, chunk_count), (KEY_CHUNK_SIZE, chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or not 0 <= int(value) < 2**32):
+            raise CorruptError(f"{key} is {value!r}, not a chunk number", path)
+    if datasets is not None and (not isinstance(datasets, list)
+                                 or not all(isinstance(d, str) for d in datasets)):
+        raise CorruptError(f"{KEY_DATASETS} is not a list of names", path)
     metadata: dict[str, Any] = {}
     for key, field in fields.items():
         if key in _READER_KEYS or key in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE, "general.type"):
@@ -251,6 +261,11 @@ def _entry(name: str, p: dict[str, Any], path: Path, stamp: tuple[int, int], fd:
                            path)
     n_mat = nc
     n_in = n2 // nc
+    if n_in == 0:  # llama-imatrix divides by the row width; so would every statistic
+        raise CorruptError(f"tensor {name}: in_sum2 has no values ({n_mat} row(s) of width 0)", path)
+    if ne2 and len(ne2) >= 2 and ne2[0] != n_in:
+        raise CorruptError(f"tensor {name}: in_sum2 rows are {ne2[0]} wide, but {n2} values over {nc} counts "
+                           f"make {n_in}", path)
     rows = int(np.prod(ne2[1:])) if len(ne2) >= 2 else 1  # a 1-D in_sum2 is one matrix
     if rows != n_mat:
         raise CorruptError(f"tensor {name}: in_sum2 has {rows} rows but {nc} counts",

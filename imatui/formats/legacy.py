@@ -66,7 +66,7 @@ def read_legacy(path: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Imatr
             raise TruncatedError(f"the file ends inside the values of {name}", path)
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos)
         pos += 4 * nval
-        with np.errstate(over="ignore"):  # a huge value becomes Inf, which the statistics report
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge value becomes Inf: the statistics say so
             sums2 = (values * np.float32(chunk_size)).astype(np.float32).reshape(1, nval)
         counts = np.array([float(ncall) * chunk_size])
         if name in entries:  # llama.cpp adds repeated entries

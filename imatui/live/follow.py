@@ -14,7 +14,7 @@ How a write is recognised:
   copy; a short read, a moved stamp or a TruncatedError means `Writing`, and the file is tried again
   on its next change (or after a short back-off, only while it keeps changing). A TruncatedError
   is also what a damaged but complete GGUF gives (gguf-py cannot tell the two apart), so one whose
-  stamp stays put for `settle_s` (or whose mtime is already that old) is `Failed`, as any other
+  stamp stays put for `settle_s` (or whose mtime was already that old when following began) is `Failed`, as any other
   file that does not parse. Files above COPY_LIMIT are read lazily instead (every tensor read checks
   the stamp). Either way gguf-py's memory map never covers the user's file, which a writer may
   truncate under it (a SIGBUS, not an exception): imatui.formats.gguf parses the header from a
@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from imatui.errors import FormatError, ImatrixError, NotFoundError, TruncatedError
+from imatui.formats import load as load_file
 from imatui.imatrix import Imatrix
 
 # files up to this size are copied into memory and parsed from the copy; larger ones are read lazily
@@ -157,8 +159,6 @@ def try_load(path: str | Path, chunk_size: int = 512, *, copy_limit: int = COPY_
     stops moving), "missing" or "invalid".
     """
     if load is None:
-        from imatui.formats import load as load_file
-
         load = load_file
     path = Path(path)
     try:
@@ -168,6 +168,9 @@ def try_load(path: str | Path, chunk_size: int = 512, *, copy_limit: int = COPY_
     except OSError as exc:
         return _Outcome("invalid", message=f"{path}: cannot read: {exc}")
     stamp = _stamp(st)
+    if stat.S_ISDIR(st.st_mode):
+        return _Outcome("invalid", stamp=stamp, mtime=st.st_mtime,
+                        message=f"{path}: is a directory, not an imatrix file")
     if st.st_size < 4:  # empty, or not even the magic number yet: a writer has just started
         return _Outcome("writing", stamp=stamp)
     lazy = st.st_size > copy_limit or not hasattr(os, "memfd_create")
@@ -185,6 +188,8 @@ def try_load(path: str | Path, chunk_size: int = 512, *, copy_limit: int = COPY_
         return _Outcome("missing")
     except NotFoundError:
         return _Outcome("missing")
+    except OSError as exc:  # permission denied, an I/O error: said, and tried again on the next change
+        return _Outcome("invalid", stamp=stamp, mtime=st.st_mtime, message=f"{path}: cannot read: {exc}")
     except TruncatedError as exc:
         return _Outcome("truncated", stamp=stamp, mtime=st.st_mtime, message=str(exc))
     except ImatrixError as exc:
@@ -220,6 +225,7 @@ async def follow(
     """
     from watchfiles import Change, awatch
 
+    started_wall = time.time()
     path = Path(path).absolute()
     folder = path.parent
     target = str(path)
@@ -313,7 +319,9 @@ async def follow(
                     now = time.monotonic()
                     if invalid_since is None or invalid_since[0] != outcome.stamp:
                         invalid_since = (outcome.stamp, now)
-                    waited = max(now - invalid_since[1], time.time() - outcome.mtime if outcome.mtime else 0.0)
+                    # "already that old" counts from when following began: a file written a moment
+                    # before the viewer started (and still being written) gets its full settle_s
+                    waited = max(now - invalid_since[1], started_wall - outcome.mtime if outcome.mtime else 0.0)
                     if waited >= settle_s:
                         retry_index = None
                         if state != "failed":

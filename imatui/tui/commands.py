@@ -2,42 +2,41 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from textual.app import SystemCommand
 
+from imatui.tui.screens.main import MainScreen
 from imatui.tui.widgets.layer_sparklines import METRICS
-
-if TYPE_CHECKING:
-    from imatui.tui.app import ImatuiApp
 
 VIEWS = {"all": "all panes", "table": "table only", "layers": "layers (per-layer table + sparklines)",
          "detail": "detail of the selected tensor"}
 
 
-def app_commands(app: "ImatuiApp") -> Iterable[SystemCommand]:
-    yield SystemCommand("view: tensor table", "one row per tensor", lambda: app.show_table("tensors"))
+def main_commands(main: MainScreen) -> Iterable[SystemCommand]:
+    """The main view's actions, by name."""
+    yield SystemCommand("view: tensor table", "one row per tensor", lambda: main.show_table("tensors"))
     yield SystemCommand("view: per-layer table", "llama-imatrix's weighted averages per block",
-                        lambda: app.show_table("layers"))
+                        lambda: main.show_table("layers"))
     for view, what in VIEWS.items():
-        yield SystemCommand(f"view: {what}", f"layout: {what}", lambda v=view: app.set_view(v))
+        yield SystemCommand(f"view: {what}", f"layout: {what}", lambda v=view: setattr(main, "view", v))
     yield SystemCommand("view: toggle file browser", "show or hide the imatrix files of the folder",
-                        app.action_toggle_browser)
-    yield SystemCommand("filter: tensor names", "text or regex over tensor names", app.action_filter)
-    yield SystemCommand("filter: clear", "show every tensor", app.action_clear_filter)
-    table = app.tensor_table
+                        main.action_toggle_browser)
+    yield SystemCommand("filter: tensor names", "text or regex over tensor names", main.action_filter)
+    yield SystemCommand("filter: clear", "show every tensor", main.action_clear_filter)
+    table = main.tensor_table
     for col in table.spec:
         yield SystemCommand(f"sort: by {col.label}", col.help or f"sort the table by {col.label}",
-                            lambda c=col.key: app.sort_by(c))
-    yield SystemCommand("sort: reverse", "reverse the sort order", app.action_reverse_sort)
+                            lambda c=col.key: main.sort_by(c))
+    yield SystemCommand("sort: reverse", "reverse the sort order", main.action_reverse_sort)
     for metric in METRICS:
         yield SystemCommand(f"metric: {metric.label}", "per-layer sparklines show this metric",
-                            lambda k=metric.key: app.set_metric(k))
+                            lambda k=metric.key: main.set_metric(k))
     yield SystemCommand("diff: with the file selected in the browser",
-                        "compare the open file with another, tensor by tensor", app.action_diff)
+                        "compare the open file with another, tensor by tensor", main.action_diff)
     yield SystemCommand("view: convergence over the checkpoints",
                         "min / median cosine between checkpoints, the tensors that moved most",
-                        app.action_convergence)
+                        main.action_convergence)
     yield SystemCommand("screenshot: save SVG here", "write the screen as SVG into the current folder",
-                        app.action_save_screenshot)
-    yield SystemCommand("help: keys and columns", "what every key and number means", app.action_help)
+                        main.app.action_save_screenshot)
+    yield SystemCommand("help: keys and columns", "what every key and number means", main.app.action_help)

@@ -1,7 +1,6 @@
-"""Messages that workers post to the app (toolong's pattern: small dataclasses).
-
-The load worker (app.py) and the file watcher (watcher.py) post the same two messages, so a reload
-while following a file goes through exactly the code path of opening it.
+"""Messages that the open file's owner (open_file.py) posts to the app, which routes them to the
+screens (toolong's pattern: small dataclasses). Opening a file and reloading it when it changes
+post the same DataLoaded, so a reload goes through exactly the code path of opening.
 """
 
 from __future__ import annotations
@@ -44,9 +43,43 @@ class LoadWriting(Message):
 
 
 @dataclass
+class FileWaiting(Message):
+    """The file does not exist (yet): it opens when it appears."""
+
+    path: str
+
+
+@dataclass
+class FileDeleted(Message):
+    """The file on screen was deleted: the last data stays."""
+
+    path: str
+
+
+@dataclass
+class LiveStateChanged(Message):
+    """The header's live marker: "live · 5.0/min · written 12s ago", "stalled · …", "finished · …"."""
+
+    path: str
+    text: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LiveStateChanged)
+
+
+@dataclass
+class SeriesChanged(Message):
+    """The convergence series or the snapshot list changed; `note` is worth a notification (a new
+    snapshot noticed, a new checkpoint's step)."""
+
+    path: str
+    note: str | None = None
+
+
+@dataclass
 class ChannelsUnavailable(Message):
     """The selected tensor's channels could not be read: its (large, lazily read) file is being
-    rewritten; the watcher's reload selects it again."""
+    rewritten; the follower's reload selects it again."""
 
     path: str
     name: str

@@ -3,8 +3,9 @@
 Per checkpoint step, the minimum and the median over tensors of the cosine similarity between the
 previous and the new per-channel mean importance (imatui.stats.convergence), as two sparklines over
 the checkpoints so far, a table of the steps and the tensors that moved most in the last one.
-Fed by the LiveWatcher (reloads of the followed file, NAME.at_N snapshots, or snapshot files named
-on the command line); it redraws in place when the series grows.
+Fed by the OpenFile (reloads of the followed file, NAME.at_N snapshots, or snapshot files named on
+the command line): it subscribes to its `series_changed` signal and redraws in place when the series
+grows. Enter on a tensor dismisses the screen with that tensor's name (the main view moves to it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 from imatui.stats.convergence import format_duration, format_rate
 
 if TYPE_CHECKING:
-    from imatui.tui.watcher import LiveWatcher
+    from imatui.tui.open_file import OpenFile
 
 # a step whose lowest cosine is below this still changes the matrix noticeably
 MOVED = 0.99
@@ -33,7 +34,7 @@ def _cos_text(value: float | None, digits: int = 4) -> Text:
     return Text(f"{value:.{digits}f}", style="bold red" if value < MOVED else "")
 
 
-class ConvergenceScreen(Screen):
+class ConvergenceScreen(Screen[str | None]):
     DEFAULT_CSS = """
     ConvergenceScreen { layout: vertical; }
     #conv-title { height: 1; padding: 0 1; background: $boost; }
@@ -50,13 +51,13 @@ class ConvergenceScreen(Screen):
     """
 
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="convergence.close"),
-        Binding("c", "app.pop_screen", "Back", show=False, id="convergence.close_c"),
+        Binding("escape", "close", "Back", id="convergence.close"),
+        Binding("c", "close", "Back", show=False, id="convergence.close_c"),
     ]
 
-    def __init__(self, watcher: "LiveWatcher") -> None:
+    def __init__(self, open_file: "OpenFile") -> None:
         super().__init__()
-        self.watcher = watcher
+        self.open_file = open_file
         self._ready = False  # widgets composed and the table's columns added
 
     def compose(self) -> ComposeResult:
@@ -83,12 +84,17 @@ class ConvergenceScreen(Screen):
         self.query_one("#conv-movers", DataTable).add_columns("tensor", "cos", "1 − cos")
         self._ready = True
         self.refresh_series()
+        self.open_file.series_changed.subscribe(self, lambda _series: self.refresh_series())
+        self.set_interval(1.0, self.refresh_title)  # "last 12s ago"
+
+    def action_close(self) -> None:
+        self.dismiss(None)
 
     def refresh_title(self) -> None:
         """The title line only (its "last checkpoint 12s ago" changes every second)."""
         if not self._ready:
             return
-        series = self.watcher.series
+        series = self.open_file.series
         title = Text("convergence", style="bold")
         counts = [c.chunk_count for c in series.checkpoints]
         if counts:
@@ -97,18 +103,18 @@ class ConvergenceScreen(Screen):
         if rate is not None:
             title.append(f" · {format_rate(rate)}")
         ago = series.since_last()
-        if ago is not None and self.watcher.status:
+        if ago is not None and self.open_file.status:
             title.append(f" · last {format_duration(ago)} ago")
         if len(counts) < 2:
             title.append("  (needs two checkpoints)", style="dim")
         self.query_one("#conv-title", Static).update(title)
 
     def refresh_series(self) -> None:
-        """Redraw from the watcher's series (called again by the watcher whenever it grows)."""
+        """Redraw from the open file's series (again whenever it grows)."""
         if not self._ready:
             return
         self.refresh_title()
-        series = self.watcher.series
+        series = self.open_file.series
         steps = series.steps
 
         mins = series.mins()
@@ -134,13 +140,13 @@ class ConvergenceScreen(Screen):
 
         self._show_movers(len(steps) - 1)
 
-        snaps = sorted(self.watcher.snapshots.items(), key=lambda kv: kv[1])
+        snaps = sorted(self.open_file.snapshots.items(), key=lambda kv: kv[1])
         self.query_one("#conv-snapshots", Static).update(
             "snapshots: " + ", ".join(p.name for p, _ in snaps) if snaps else "")
 
     def _show_movers(self, index: int) -> None:
         """The tensors that moved most in step `index` (the last one unless the cursor says otherwise)."""
-        steps = self.watcher.series.steps
+        steps = self.open_file.series.steps
         movers = self.query_one("#conv-movers", DataTable)
         movers.clear()
         if not 0 <= index < len(steps):
@@ -162,17 +168,4 @@ class ConvergenceScreen(Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id != "conv-movers" or event.row_key.value is None:
             return
-        name = str(event.row_key.value)
-        app = self.app
-        app.pop_screen()
-        table = getattr(app, "tensor_table", None)
-        if table is None:
-            return
-        try:
-            row = table.get_row_index(name)
-        except Exception:  # noqa: BLE001 - RowDoesNotExist: hidden by the filter
-            app.notify(f"{name} is hidden by the filter (Esc clears it)", severity="warning")
-            return
-        if hasattr(app, "show_table"):
-            app.show_table("tensors")
-        table.move_cursor(row=row)
+        self.dismiss(str(event.row_key.value))
