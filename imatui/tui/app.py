@@ -26,6 +26,7 @@ from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.tensor import StatsReport
 from imatui.tui.messages import ChannelsReady, ChannelsUnavailable, DataLoaded, LoadFailed, LoadProgress, LoadWriting
+from imatui.tui.screenshot import save_or_deliver
 from imatui.tui.widgets.channel_plot import DetailPane, summarize_channels
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
@@ -580,14 +581,7 @@ class ImatuiApp(App[None]):
         self.push_screen(DiffScreen(a, b, chunk_size=self.chunk_size))
 
     def action_save_screenshot(self) -> None:
-        stem = Path(self.current_path).name if self.current_path else "imatui"
-        filename = f"imatui-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
-        try:
-            saved = self.save_screenshot(filename=filename, path=os.getcwd())
-        except OSError as exc:
-            self.notify(f"cannot save the screenshot: {exc}", severity="error")
-            return
-        self.notify(f"saved {saved}", title="screenshot")
+        save_or_deliver(self, self.current_path)
 
     def action_convergence(self) -> None:
         from imatui.tui.screens.convergence import ConvergenceScreen
