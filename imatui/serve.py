@@ -79,11 +79,6 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def app_command(path: str, chunk_size: int) -> str:
     """The shell command textual-serve runs for each connection: this Python, this package."""
     return shlex.join([sys.executable, "-m", "imatui", "--chunk-size", str(chunk_size), path])
@@ -142,6 +137,21 @@ class ImatuiServer(Server):
                     shutdown_timeout=3.0, print=lambda *args: None)
 
 
+def announce(target: str, addresses: list[tuple[str, int]]) -> tuple[str, str | None]:
+    """What serve prints: where to connect (stdout), and the warning (stderr) unless loopback only."""
+    port = addresses[0][1]
+    tunnel = f"ssh -L {port}:localhost:{port} THIS_HOST, then open http://localhost:{port}"
+    urls = " and ".join(f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p in addresses)
+    if all(is_loopback(h) for h, _ in addresses):
+        return (f"imatui serve: {target} on {urls} (this machine only)\n"
+                f"  from another computer: {tunnel}\n  Ctrl+C stops it"), None
+    hosts = ", ".join(h for h, _ in addresses)
+    return (f"imatui serve: {target} on {urls}\n  Ctrl+C stops it",
+            f"imatui: warning: listening on {hosts}, reachable from the network, with NO authentication: "
+            "anyone who reaches this port uses the app (and its file browser) as you. Safer: keep the "
+            f"default --host {DEFAULT_HOST} and forward the port: {tunnel}")
+
+
 def serve(path: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, chunk_size: int = 512) -> int:
     """Check the input, bind, say where to connect, serve until Ctrl+C."""
     target = Path(path)
@@ -149,20 +159,13 @@ def serve(path: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, chun
         raise NotFoundError("no such file or folder (serve its folder to wait for a file not yet written)",
                             path)
     sockets = bind(host, port)
-    port = sockets[0].getsockname()[1]
-    tunnel = f"ssh -L {port}:localhost:{port} THIS_HOST, then open http://localhost:{port}"
-    urls = " and ".join(url_of(s) for s in sockets)
-    if all(is_loopback(s.getsockname()[0]) for s in sockets):
-        print(f"imatui serve: {target} on {urls} (this machine only)\n"
-              f"  from another computer: {tunnel}\n  Ctrl+C stops it", flush=True)
-    else:
-        print(f"imatui serve: {target} on {urls}\n  Ctrl+C stops it", flush=True)
-        print(f"imatui: warning: listening on {host}, reachable from the network, with NO authentication: "
-              "anyone who reaches this port uses the app (and its file browser) as you. Safer: keep "
-              f"the default --host {DEFAULT_HOST} and forward the port: {tunnel}", file=sys.stderr, flush=True)
+    text, warning = announce(str(target), [s.getsockname()[:2] for s in sockets])
+    print(text, flush=True)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     command = app_command(str(target.resolve()), chunk_size)
     ImatuiServer(command, sockets, title=f"imatui {target.resolve().name}").serve()
     return 0
 
 
-__all__ = ["ImatuiServer", "app_command", "bind", "is_loopback", "serve"]
+__all__ = ["ImatuiServer", "announce", "app_command", "bind", "is_loopback", "serve"]
