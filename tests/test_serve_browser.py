@@ -4,7 +4,8 @@ The page draws the terminal with xterm.js's WebGL (or canvas) renderer, so its r
 DOM text. The test reads xterm's own screen buffer, the cells those pixels are drawn from: a script
 run before the page's own catches the Terminal object when textual-serve's page stores it
 (`this.terminal = new Terminal(...)`). Everything listens on 127.0.0.1 only. Without chromium,
-chromedriver or selenium the test is skipped, with the reason.
+chromedriver or selenium the test is skipped, with the reason. With IMATUI_SERVE_SCREENSHOT=FILE.png
+it also saves what the browser shows (screenshots/make.sh makes screenshots/serve-browser.png so).
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def test_explorer_in_the_browser(server, browser, tmp_path):
     assert "smollm2-prose.imatrix.gguf" in lines[0] and "210 tensors" in lines[0]
     assert re.search(r"^\s+18\s+attn_k\s+95\.22\s+0\.0073\s+51\.2399\b", lines[2]), lines[2]  # llama's row
     assert "t Layers" in lines[-1]
+    if picture := os.environ.get("IMATUI_SERVE_SCREENSHOT"):  # screenshots/make.sh: the README's picture
+        time.sleep(1)  # the page's "connecting" dialog fades out in 0.3 s
+        browser.save_screenshot(picture)
 
     # `t` switches to the per-layer table: the screen changes to layer rows
     press(browser, "t")
