@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import FIXTURES
 
 PROSE = FIXTURES / "smollm2-prose.imatrix.gguf"
+CODE = FIXTURES / "smollm2-code.imatrix.gguf"
 CHROMIUM = os.environ.get("IMATUI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = os.environ.get("IMATUI_CHROMEDRIVER") or shutil.which("chromedriver")
 
@@ -56,8 +57,18 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @pytest.fixture
-def server(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "imatui", "serve", str(PROSE), "--port", "0"],
+def run_file(tmp_path) -> Path:
+    """The file of a collection: prose's imatrix, written a minute ago (so not being written now)."""
+    path = tmp_path / "run" / "run.imatrix.gguf"
+    path.parent.mkdir()
+    shutil.copyfile(PROSE, path)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path
+
+
+@pytest.fixture
+def server(tmp_path, run_file):
+    proc = subprocess.Popen([sys.executable, "-m", "imatui", "serve", str(run_file), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         first = proc.stdout.readline()
@@ -100,7 +111,7 @@ def press(driver, key: str) -> None:
     ActionChains(driver).send_keys(key).perform()
 
 
-def test_explorer_in_the_browser(server, browser, tmp_path):
+def test_explorer_in_the_browser(server, browser, run_file, tmp_path):
     browser.get(server + "/")
 
     def screen() -> str:
@@ -112,25 +123,32 @@ def test_explorer_in_the_browser(server, browser, tmp_path):
     # the app (a process started for this connection) loads the file and fills the tensor table
     first = wait_for(screen_showing("blk.18.attn_k.weight"), 60, "the tensor table")
     lines = first.splitlines()
-    assert "smollm2-prose.imatrix.gguf" in lines[0] and "210 tensors" in lines[0]
+    assert "run.imatrix.gguf" in lines[0] and "210 tensors" in lines[0]
     assert re.search(r"^\s+18\s+attn_k\s+95\.22\s+0\.0073\s+51\.2399\b", lines[2]), lines[2]  # llama's row
     assert "t Layers" in lines[-1]
     if picture := os.environ.get("IMATUI_SERVE_SCREENSHOT"):  # screenshots/make.sh: the README's picture
         time.sleep(1)  # the page's "connecting" dialog fades out in 0.3 s
         browser.save_screenshot(picture)
 
+    # live following: the collection writes its next state (a new file renamed over the old, as
+    # imatui collect does): the same row now holds the code imatrix's numbers, as llama.cpp printed them
+    shutil.copyfile(CODE, run_file.with_suffix(".tmp"))
+    os.replace(run_file.with_suffix(".tmp"), run_file)
+    updated = wait_for(screen_showing("89.66"), 30, "the reloaded file")
+    assert re.search(r"^\s+18\s+attn_k\s+89\.66\s+0\.0071\s+41\.4767\b", updated.splitlines()[2]), updated
+
     # `t` switches to the per-layer table: the screen changes to layer rows
     press(browser, "t")
     layers = wait_for(screen_showing("μCosSim"), 20, "the layer table")
     rows = layers.splitlines()
-    assert re.search(r"^\s+0\s+15\.59\s+1\.7829%\s+0\.0000\s+7\s+4992\b", rows[2]), rows[2]  # layer 0
-    assert not re.search(r"attn_k\s+95\.22", layers)
+    assert re.search(r"^\s+0\s+16\.42\s+1\.6426%\s+0\.0000\s+7\s+4992\b", rows[2]), rows[2]  # llama's layer 0
+    assert not re.search(r"attn_k\s+89\.66", layers)
 
     # `p` in the browser delivers the SVG screenshot as a download, not a file on the server
     press(browser, "p")
-    svg = wait_for(lambda: next(browser.downloads.glob("imatui-smollm2-prose.imatrix.gguf-*.svg"), None),
+    svg = wait_for(lambda: next(browser.downloads.glob("imatui-run.imatrix.gguf-*.svg"), None),
                    20, "the screenshot download")
     text = svg.read_text(encoding="utf-8")
-    assert text.startswith("<svg") and "smollm2-prose.imatrix.gguf" in text
-    assert not list(tmp_path.glob("*.svg")), "the screenshot was written on the server's side"
+    assert text.startswith("<svg") and "run.imatrix.gguf" in text and "μCosSim" in text
+    assert not list(tmp_path.glob("*.svg")), "the screenshot was written into the server's folder"
     wait_for(screen_showing("Saved screenshot"), 20, "the app's notice that the download was taken")
