@@ -188,7 +188,7 @@ def _run_screenshot(args: argparse.Namespace) -> int:
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="the explorer in a web browser (no authentication: localhost by default)",
+    p = sub.add_parser("serve", help="the explorer in a web browser (no login: localhost by default)",
                        description="Serve the explorer, live following included, to web browsers with "
                                    "textual-serve: each browser tab runs its own app. It listens on "
                                    "127.0.0.1 unless --host says otherwise; there is no authentication, "
@@ -198,6 +198,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="on loopback, also answer requests for this host name (a reverse proxy's)")
     p.add_argument("--chunk-size", type=int, default=512, help="chunk size for legacy .dat files")
 
 
@@ -206,7 +208,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         from imatui.serve import serve
     except ImportError as exc:
         return _fail(f"serve needs textual-serve (pip install textual-serve): {exc}")
-    return serve(args.path, host=args.host, port=args.port, chunk_size=args.chunk_size)
+    return serve(args.path, host=args.host, port=args.port, chunk_size=args.chunk_size,
+                 allowed_hosts=tuple(args.allow_host))
 
 
 def _collect_parser(sub: argparse._SubParsersAction) -> None:

@@ -89,20 +89,22 @@ class ImatuiServer(Server):
 
     The page's URLs follow the address the browser used (an SSH tunnel's local port, a host name)
     rather than the bound one, and a server bound to loopback answers only requests addressed to a
-    loopback name and websockets opened from its own page: a web site open in the same browser
-    cannot drive the app (WebSockets are not covered by the same-origin policy, and a DNS name can be
-    rebound to 127.0.0.1).
+    loopback name (or one of `allowed_hosts`: a reverse proxy's) and websockets opened from its own
+    page: a web site open in the same browser cannot drive the app (WebSockets are not covered by the
+    same-origin policy, and a DNS name can be rebound to 127.0.0.1).
     """
 
-    def __init__(self, command: str, sockets: list[socket.socket], *, title: str) -> None:
+    def __init__(self, command: str, sockets: list[socket.socket], *, title: str,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         host, port = sockets[0].getsockname()[:2]
         super().__init__(command, host=host, port=port, title=title)
         self.sockets = sockets
         self.loopback_only = all(is_loopback(s.getsockname()[0]) for s in sockets)
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
 
     def _check_request(self, request: web.Request) -> None:
         name = urlsplit(f"//{request.host}").hostname or ""
-        if self.loopback_only and not is_loopback(name):
+        if self.loopback_only and not is_loopback(name) and name.lower() not in self.allowed_hosts:
             raise web.HTTPForbidden(text=f"this server answers only to localhost, not {name!r}")
 
     async def handle_index(self, request: web.Request) -> web.StreamResponse:
@@ -152,7 +154,8 @@ def announce(target: str, addresses: list[tuple[str, int]]) -> tuple[str, str | 
             f"default --host {DEFAULT_HOST} and forward the port: {tunnel}")
 
 
-def serve(path: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, chunk_size: int = 512) -> int:
+def serve(path: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, chunk_size: int = 512,
+          allowed_hosts: tuple[str, ...] = ()) -> int:
     """Check the input, bind, say where to connect, serve until Ctrl+C."""
     target = Path(path)
     if not target.exists():
@@ -164,7 +167,9 @@ def serve(path: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, chun
     if warning:
         print(warning, file=sys.stderr, flush=True)
     command = app_command(str(target.resolve()), chunk_size)
-    ImatuiServer(command, sockets, title=f"imatui {target.resolve().name}").serve()
+    server = ImatuiServer(command, sockets, title=f"imatui {target.resolve().name}",
+                          allowed_hosts=allowed_hosts)
+    server.serve()
     return 0
 
 

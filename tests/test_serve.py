@@ -60,7 +60,8 @@ def test_missing_file_and_bad_port(capsys, tmp_path, no_serving):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", str(PROSE), "--port", "http"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == "imatui: argument --port: invalid int value: 'http' (see imatui serve --help)\n"
+    assert capsys.readouterr().err == \
+        "imatui: argument --port: invalid int value: 'http' (see imatui serve --help)\n"
 
 
 def test_bad_input_in_a_real_process_has_no_traceback():
@@ -105,7 +106,8 @@ def test_loopback_and_the_warning():
 
 @pytest.fixture(scope="module")
 def served():
-    proc = subprocess.Popen([sys.executable, "-m", "imatui", "serve", str(PROSE), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "imatui", "serve", str(PROSE), "--port", "0",
+                             "--allow-host", "Quant.Example.org"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
@@ -143,6 +145,9 @@ def test_foreign_host_names_are_refused(served):
     # a DNS name rebound to 127.0.0.1 by a web site must not reach the app
     status, body = get(url + "/", host="attacker.example:8000")
     assert (status, body) == (403, "this server answers only to localhost, not 'attacker.example'")
+    # unless named with --allow-host: a reverse proxy (with a login) in front of it on this machine
+    status, page = get(url + "/", host="quant.example.org")
+    assert status == 200 and 'data-session-websocket-url="ws://quant.example.org/ws"' in page
 
 
 def test_websocket_from_another_sites_page_is_refused(served):

@@ -42,7 +42,9 @@ SCREEN_TEXT = """
 const term = window.imatuiTerminal;
 if (!term) { return null; }
 const buffer = term.buffer.active, rows = [];
-for (let y = 0; y < term.rows; y++) { rows.push(buffer.getLine(buffer.viewportY + y).translateToString(true)); }
+for (let y = 0; y < term.rows; y++) {
+    rows.push(buffer.getLine(buffer.viewportY + y).translateToString(true));
+}
 return rows.join("\\n");
 """
 
