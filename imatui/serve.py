@@ -109,8 +109,10 @@ class ImatuiServer(Server):
 
     async def handle_index(self, request: web.Request) -> web.StreamResponse:
         self._check_request(request)
+        # behind a proxy that ends TLS the page must ask for wss://, or the browser refuses the socket
+        scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
         # read synchronously by the template right after this line, before any other request runs
-        self.public_url = f"{request.scheme}://{request.host}"
+        self.public_url = f"{'https' if scheme == 'https' else 'http'}://{request.host}"
         return await super().handle_index(request)
 
     async def handle_websocket(self, request: web.Request) -> web.StreamResponse:

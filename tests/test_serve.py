@@ -148,6 +148,10 @@ def test_foreign_host_names_are_refused(served):
     # unless named with --allow-host: a reverse proxy (with a login) in front of it on this machine
     status, page = get(url + "/", host="quant.example.org")
     assert status == 200 and 'data-session-websocket-url="ws://quant.example.org/ws"' in page
+    request = urllib.request.Request(url + "/", headers={"Host": "quant.example.org",
+                                                         "X-Forwarded-Proto": "https"})
+    with urllib.request.urlopen(request, timeout=20) as response:  # a proxy that ends TLS
+        assert 'data-session-websocket-url="wss://quant.example.org/ws"' in response.read().decode()
 
 
 def test_websocket_from_another_sites_page_is_refused(served):
