@@ -171,3 +171,28 @@ def test_websocket_from_another_sites_page_is_refused(served):
 
     assert asyncio.run(handshake("https://attacker.example")) == 403
     assert asyncio.run(handshake(f"http://127.0.0.1:{port}")) == 101
+
+
+# --- the screenshot key under serve (the browser test sees the download itself) -----------------
+
+async def test_screenshot_in_the_browser_is_delivered_not_written(tmp_path, monkeypatch):
+    """Under textual-serve (is_web) `p` hands the SVG to deliver_text, which textual-serve turns into a
+    download; nothing is written on the server. (Textual's headless driver would write a delivery
+    into ~/Downloads, so the delivery itself is recorded here, not performed.)"""
+    from imatui.tui.app import make_app
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app([str(PROSE)])
+    deliveries = []
+    monkeypatch.setattr(type(app), "is_web", property(lambda self: True))
+    monkeypatch.setattr(app, "deliver_text", lambda file, **kw: deliveries.append((file.read(), kw)))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await pilot.press("p")
+        await pilot.pause()
+    assert len(deliveries) == 1
+    svg, how = deliveries[0]
+    assert svg.startswith("<svg") and "blk.18.attn_k.weight" in svg
+    assert re.fullmatch(r"imatui-smollm2-prose\.imatrix\.gguf-\d{8}-\d{6}\.svg", how.pop("save_filename"))
+    assert how == {"open_method": "download", "mime_type": "image/svg+xml", "name": "screenshot"}
+    assert list(tmp_path.iterdir()) == []
