@@ -129,7 +129,9 @@ def test_explorer_in_the_browser(server, browser, run_file, tmp_path):
     assert re.search(r"^\s+18\s+attn_k\s+95\.22\s+0\.0073\s+51\.2399\b", lines[2]), lines[2]  # llama's row
     assert "t Layers" in lines[-1]
     if picture := os.environ.get("IMATUI_SERVE_SCREENSHOT"):  # screenshots/make.sh: the README's picture
-        time.sleep(1)  # the page's "connecting" dialog fades out in 0.3 s
+        wait_for(screen_showing("channels sorted"), 30, "the charts")  # they fill in after the table
+        wait_for(screen_showing("ffn_up"), 30, "the per-layer sparklines")
+        time.sleep(1)  # the page's "connecting" dialog fades out in 0.3 s, the charts draw
         browser.save_screenshot(picture)
 
     # live following: the collection writes its next state (a new file renamed over the old, as
