@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imatui.errors import ImatrixError
 
-SUBCOMMANDS = ("stats", "convert", "merge", "diff", "screenshot", "collect", "demo")
+SUBCOMMANDS = ("stats", "convert", "merge", "diff", "screenshot", "serve", "collect", "demo")
 EXIT_BAD_INPUT = 2
 
 
@@ -187,6 +187,31 @@ def _run_screenshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the explorer in a web browser (no login: localhost by default)",
+                       description="Serve the explorer, live following included, to web browsers with "
+                                   "textual-serve: each browser tab runs its own app. It listens on "
+                                   "127.0.0.1 unless --host says otherwise; there is no authentication, "
+                                   "so reach it from elsewhere through ssh -L 8000:localhost:8000 HOST.")
+    p.add_argument("path", nargs="?", default=".",
+                   help="imatrix file or folder (default: the current folder)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="on loopback, also answer requests for this host name (a reverse proxy's)")
+    p.add_argument("--chunk-size", type=int, default=512, help="chunk size for legacy .dat files")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from imatui.serve import serve
+    except ImportError as exc:
+        return _fail(f"serve needs textual-serve (pip install textual-serve): {exc}")
+    return serve(args.path, host=args.host, port=args.port, chunk_size=args.chunk_size,
+                 allowed_hosts=tuple(args.allow_host))
+
+
 def _collect_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="collect an imatrix from a transformers model (needs torch)",
                        add_help=False)
@@ -228,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             parser = _Parser(prog="imatui")
             sub = parser.add_subparsers(dest="cmd", parser_class=_Parser)
             {"stats": _stats_parser, "convert": _convert_parser, "merge": _merge_parser,
-             "diff": _diff_parser, "screenshot": _screenshot_parser, "collect": _collect_parser}[cmd](sub)
+             "diff": _diff_parser, "screenshot": _screenshot_parser, "serve": _serve_parser,
+             "collect": _collect_parser}[cmd](sub)
             if cmd == "collect":
                 return _run_collect(argparse.Namespace(rest=argv[1:]))
             args = parser.parse_args(argv)
             return {"stats": _run_stats, "convert": _run_convert, "merge": _run_merge,
-                    "diff": _run_diff, "screenshot": _run_screenshot}[cmd](args)
+                    "diff": _run_diff, "screenshot": _run_screenshot, "serve": _run_serve}[cmd](args)
         args = _app_parser().parse_args(argv)
         return _run_app(args.paths, args.chunk_size)
     except ImatrixError as exc:

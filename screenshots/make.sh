@@ -19,3 +19,8 @@ if command -v rsvg-convert >/dev/null; then
         sed 's/<svg /<svg xml:space="preserve" /' "$svg" | rsvg-convert -w 1400 -o "${svg%.svg}.png"
     done
 fi
+# imatui serve in headless chromium (tests/test_serve_browser.py saves the page when asked to)
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    IMATUI_SERVE_SCREENSHOT="$PWD/screenshots/serve-browser.png" python -m pytest -q -p no:cacheprovider \
+        tests/test_serve_browser.py
+fi

@@ -27,6 +27,7 @@ from imatui.tui.open_file import OpenFile
 from imatui.tui.screens.diff import DiffScreen
 from imatui.tui.screens.help import HelpScreen
 from imatui.tui.screens.main import MainScreen
+from imatui.tui.screenshot import save_or_deliver
 from imatui.tui.screens.too_small import MIN_HEIGHT, MIN_WIDTH, TooSmallScreen
 from imatui.tui.widgets.stats_table import TensorTable
 
@@ -138,15 +139,7 @@ class ImatuiApp(App[None]):
 
     # -- global actions -----------------------------------------------------------------------
     def action_save_screenshot(self) -> None:
-        path = self.open_file.shown_path or self.open_file.path
-        stem = Path(path).name if path else "imatui"
-        filename = f"imatui-{stem}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
-        try:
-            saved = self.save_screenshot(filename=filename, path=os.getcwd())
-        except OSError as exc:
-            self.notify(f"cannot save the screenshot: {exc}", severity="error")
-            return
-        self.notify(f"saved {saved}", title="screenshot")
+        save_or_deliver(self, self.open_file.shown_path or self.open_file.path)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
