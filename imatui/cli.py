@@ -51,6 +51,35 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
                    help="per-layer aggregates only (table, csv); json always has both")
     p.add_argument("--chunk-size", type=int, default=512,
                    help="chunk size for legacy .dat files, which do not store it (default 512)")
+    p.add_argument("--rare", default="10%", metavar="THRESHOLD",
+                   help="MoE: an expert is rare below this: a percentage of its layer's mean tokens per "
+                        "expert (default 10%%) or a token count (e.g. 100)")
+    p.add_argument("--experts", metavar="TENSOR",
+                   help="MoE: one row per expert of this tensor instead of the tensor table")
+    p.add_argument("--expert-sort", default="expert", metavar="COLUMN",
+                   help="sort --experts rows: expert, tokens, share, sum, max, mean, std, entropy, zd, ...")
+
+
+def _run_experts(args: argparse.Namespace, path: str | Path, threshold: object) -> int:
+    from imatui.formats import load
+    from imatui.printers import format_expert_table
+    from imatui.stats.experts import expert_table, sort_experts
+
+    im = load(path, chunk_size=args.chunk_size)
+    entry = im.entries.get(args.experts)
+    if entry is None:
+        return _fail(f"{path}: no tensor named {args.experts!r}")
+    if entry.n_mat < 2:
+        return _fail(f"{args.experts} is not an expert tensor (it has one matrix)")
+    rows = sort_experts(expert_table(entry, threshold, str(path)), args.expert_sort)
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps({"tensor": args.experts, "experts": [r.to_dict() for r in rows]},
+                                    indent=1) + "\n")
+    else:
+        sys.stdout.write(format_expert_table(args.experts, rows))
+    return 0
 
 
 def _run_stats(args: argparse.Namespace) -> int:
@@ -58,20 +87,27 @@ def _run_stats(args: argparse.Namespace) -> int:
     from imatui.printers import format_csv, format_json, format_layers_csv, format_table
     from imatui.stats import compute_stats
 
+    from imatui.stats.experts import RareThreshold, coverage
+
     path = demo_path() if args.demo else args.file
     if path is None:
         return _fail("stats needs a FILE (or --demo)")
-    report = compute_stats(load(path, chunk_size=args.chunk_size), fork=True)
+    threshold = RareThreshold.parse(args.rare)
+    if args.experts:
+        return _run_experts(args, path, threshold)
+    imatrix = load(path, chunk_size=args.chunk_size)
+    report = compute_stats(imatrix, fork=True)
+    cov = coverage(imatrix, threshold)
     if args.format == "json":
-        text = format_json(report, sort=args.sort, reverse=args.reverse)
+        text = format_json(report, sort=args.sort, reverse=args.reverse, coverage=cov)
     elif args.format == "csv":
         text = format_layers_csv(report) if args.layers else format_csv(report, sort=args.sort,
                                                                          reverse=args.reverse)
     elif args.layers:
-        text = format_table(report, sort=args.sort, reverse=args.reverse, layers=True)
+        text = format_table(report, sort=args.sort, reverse=args.reverse, layers=True, coverage=cov)
         text = text[text.index("\nComputing weighted"):]
     else:
-        text = format_table(report, sort=args.sort, reverse=args.reverse)
+        text = format_table(report, sort=args.sort, reverse=args.reverse, coverage=cov)
     sys.stdout.write(text)
     return 0
 
