@@ -190,8 +190,10 @@ def _run_diff(args: argparse.Namespace) -> int:
         return 0
     from imatui.diff_printers import format_diff
     from imatui.stats.diff import compute_diff
+    from imatui.stats.experts import diff_experts
 
-    sys.stdout.write(format_diff(compute_diff(a, b), args.format, sort=args.sort))
+    experts = diff_experts(a, b) if args.format != "csv" else None
+    sys.stdout.write(format_diff(compute_diff(a, b), args.format, sort=args.sort, experts=experts))
     return 0
 
 
