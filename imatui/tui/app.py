@@ -36,7 +36,7 @@ from imatui.tui.watcher import LiveWatcher
 VIEWS = ("all", "table", "layers", "detail")
 ENDLESS_GROUPS = {"watch", "_loader"}
 MAIN_VIEW_ACTIONS = {"filter", "clear_filter", "next_sort", "previous_sort", "reverse_sort", "toggle_table",
-                     "next_metric", "previous_metric", "cycle_view", "toggle_browser", "diff"}
+                     "next_metric", "previous_metric", "cycle_view", "toggle_browser", "diff", "experts"}
 # below this width the detail pane only shows in the "detail" view
 NARROW = 100
 
@@ -73,6 +73,8 @@ class ImatuiApp(App[None]):
         Binding("p", "save_screenshot", "SVG", id="screenshot", tooltip="save an SVG screenshot here"),
         Binding("c", "convergence", "Converge", show=False, id="convergence",
                 tooltip="convergence over the checkpoints of a running collection or of snapshot files"),
+        Binding("x", "experts", "Experts", id="experts",
+                tooltip="MoE: the expert map, layer × expert (dead and rare experts, coverage)"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
 
@@ -138,6 +140,8 @@ class ImatuiApp(App[None]):
         # keys of the main view do nothing while another screen (help, diff, ...) is on top
         if action in MAIN_VIEW_ACTIONS and self.screen_stack and self.screen is not self.screen_stack[0]:
             return False
+        if action == "experts":  # shown (and active) only for a file with expert tensors
+            return self.imatrix is not None and any(e.n_mat > 1 for e in self.imatrix.entries.values())
         return True
 
     @property
@@ -355,6 +359,12 @@ class ImatuiApp(App[None]):
         if self.load_started is not None and self.table_filled_at is None:
             self.table_filled_at = time.perf_counter()
         self._select(self.tensor_table.selected_key, force=True)
+        self.refresh_bindings()  # the experts key shows for MoE files
+        from imatui.tui.screens.experts import ExpertsScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, ExpertsScreen):
+                screen.update_data(message.imatrix, message.report)  # a live collection: experts light up
 
     def on_load_progress(self, message: LoadProgress) -> None:
         if message.path == self.current_path and self._view_alive:
@@ -594,6 +604,18 @@ class ImatuiApp(App[None]):
 
         if not isinstance(self.screen, ConvergenceScreen):
             self.push_screen(ConvergenceScreen(self.watcher))
+
+    def action_experts(self) -> None:
+        from imatui.tui.screens.experts import ExpertsScreen
+
+        if self.imatrix is None:
+            self.notify("open a file first", severity="warning")
+            return
+        if not any(e.n_mat > 1 for e in self.imatrix.entries.values()):
+            self.notify("no expert tensors in this file (a dense model, or a legacy .dat without "
+                        "per-expert counts)", severity="warning")
+            return
+        self.push_screen(ExpertsScreen(self.imatrix, self.report))
 
     def action_help(self) -> None:
         from imatui.tui.screens.help import HelpScreen

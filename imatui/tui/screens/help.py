@@ -28,6 +28,8 @@ KEYS = [
     ("d", "diff the open file with the file selected in the browser"),
     ("p", "save an SVG screenshot in the current folder"),
     ("c", "convergence: how much each new checkpoint still changes the matrix (live file or snapshots)"),
+    ("x", "MoE files: the expert map, layer × expert (dead and rare experts, chunks still needed; "
+          "k kind, +/- rare threshold, t per-expert table)"),
     ("Ctrl+P", "command palette: every action, by name"),
     ("?", "this help"),
     ("q", "quit"),

@@ -1,0 +1,198 @@
+"""The expert map (x) driven through Textual's pilot, on the MoE fixtures and a DeepSeek-sized layout."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from textual.app import App
+from textual.widgets import DataTable, Static
+
+from imatui.formats import load
+from imatui.imatrix import Entry, Imatrix
+from imatui.stats.experts import RareThreshold, coverage
+from imatui.tui.app import make_app
+from imatui.tui.screens.experts import ExpertMap, ExpertsScreen, columns_for
+
+MOE = Path(__file__).parent / "fixtures" / "moe"
+DEEPSEEK = MOE / "deepseekv3-tiny.imatrix.gguf"
+QWEN = MOE / "qwen3moe-tiny.imatrix.gguf"
+
+
+class _Host(App):
+    def __init__(self, imatrix: Imatrix) -> None:
+        super().__init__()
+        self.imatrix = imatrix
+
+    def on_mount(self) -> None:
+        self.push_screen(ExpertsScreen(self.imatrix))
+
+
+async def _until(pilot, condition, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        assert loop.time() < end, "timed out"
+        await pilot.pause(0.02)
+
+
+def _rows(screen: ExpertsScreen) -> list[str]:
+    return screen.query_one(ExpertMap).render().plain.split("\n")
+
+
+def _text(screen: ExpertsScreen, widget_id: str) -> str:
+    return str(screen.query_one(widget_id, Static).render())
+
+
+def _detail_for(screen: ExpertsScreen, layer: int, expert: int) -> bool:
+    d = screen.detail
+    return d is not None and (d.layer, d.expert) == (layer, expert)
+
+
+def _synthetic(n_layers: int = 58, n_experts: int = 256, n_in: int = 4) -> Imatrix:
+    """DeepSeek's layout (3 dense blocks, then n_layers MoE blocks) with small rows."""
+    rng = np.random.default_rng(0)
+    entries = {}
+    for layer in range(3, 3 + n_layers):
+        counts = rng.integers(50, 5000, n_experts).astype(np.float64)
+        counts[(layer * 7) % n_experts] = 0  # one dead expert per layer, at a known place
+        counts[(layer * 11 + 1) % n_experts] = 2  # and one rare
+        sums2 = rng.random((n_experts, n_in)).astype(np.float32) * counts[:, None]
+        for kind in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            name = f"blk.{layer}.{kind}.weight"
+            entries[name] = Entry.from_arrays(name, sums2, counts)
+        name = f"blk.{layer}.ffn_up_shexp.weight"
+        entries[name] = Entry.from_arrays(name, np.ones(n_in, np.float32), np.array([1000.0]))
+    return Imatrix(entries=dict(sorted(entries.items())), chunk_count=100)
+
+
+async def test_map_of_deepseek_at_80x24():
+    app = _Host(load(DEEPSEEK))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: _detail_for(screen, 1, 0))
+        rows = _rows(screen)
+        # blk.1 counts: 1335 792 0 604 1865 708 583 0 1511 612 20 976 838 506 1019 919 (6…2601, log)
+        assert rows[1:] == ["blk 1  S █▇×▇█▇▇×█▇!▇▇▆▇▇",
+                            "blk 2  S ×▄█▇▇×▇▇▇×▇█▇!▇▇",
+                            "blk 3  S ▆▇▇!▇▇██!▇▆▇▇▇×█"]
+        assert rows[0].startswith("expert   0       8")
+        header = _text(screen, "#exp-header")
+        assert "3 layers × 16 experts · 12 chunks · 6 dead · 4 rare (<10% mean) · ~142 more chunks (blk.2 e13)" \
+            in header.replace("\n", " ")
+        detail = _text(screen, "#exp-detail-text")
+        assert "blk.1 expert 0 · 1335 tokens, 10.86% of the layer (mean 768.0 per expert)" in detail
+        assert "blk.1.ffn_up_exps.weight" in detail and "top channels" in detail
+
+        await pilot.press("down", "right", "right")  # blk.2 expert 2 ... then to the rare one, 13
+        await _until(pilot, lambda: _detail_for(screen, 2, 2))
+        for _ in range(11):
+            await pilot.press("right")
+        await _until(pilot, lambda: _detail_for(screen, 2, 13))
+        detail = _text(screen, "#exp-detail-text")
+        assert "blk.2 expert 13 · 6 tokens, 0.05% of the layer" in detail
+        assert "RARE (< 10% of the layer mean: 76.8), ~142 more chunks at its rate" in detail.replace("\n", " ")
+        assert screen.detail.stats.n == 64 and len(screen.detail.values) == 64
+
+        await pilot.press("k")  # ffn_down_exps, its rows have 32 channels
+        await _until(pilot, lambda: screen.detail is not None and "down" in screen.detail.tensor)
+        assert screen.detail.tensor == "blk.2.ffn_down_exps.weight" and screen.detail.stats.n == 32
+
+        await pilot.press("left", "left", "left", "left")  # expert 9: dead
+        await _until(pilot, lambda: "expert 9 " in _text(screen, "#exp-detail-text"))
+        assert "DEAD: never routed a token" in _text(screen, "#exp-detail-text")
+
+
+async def test_threshold_keys_and_live_update():
+    im = load(QWEN)
+    app = _Host(im)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: screen.detail is not None)
+        assert "8 dead · 16 rare" in _text(screen, "#exp-header")
+        await pilot.press("plus")
+        await pilot.pause()
+        want = coverage(im, RareThreshold(0.2)).rare
+        assert screen.threshold == RareThreshold(0.2)
+        assert f"8 dead · {want} rare (< 20% of the layer mean)" in _text(screen, "#exp-header")
+        await pilot.press("minus", "minus")
+        await pilot.pause()
+        assert f"{coverage(im, RareThreshold(0.05)).rare} rare (< 5% of the layer mean)" in _text(screen, "#exp-header")
+
+        # a new checkpoint of a live collection: blk.0's dead expert 3 gets tokens
+        entries = dict(im.entries)
+        for kind in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            e = im[f"blk.0.{kind}.weight"]
+            counts = np.array(e.counts)
+            counts[3] = 900
+            entries[e.name] = Entry.from_arrays(e.name, e.sums2, counts)
+        before = _rows(screen)[1]
+        screen.update_data(Imatrix(entries=entries, chunk_count=13), None)
+        await pilot.pause()
+        after = _rows(screen)[1]
+        assert before[9 + 3] == "×" and after[9 + 3] != "×" and after[9 + 9] == "×"
+        assert "7 dead" in _text(screen, "#exp-header") and "13 chunks" in _text(screen, "#exp-header")
+
+
+async def test_256_experts_aggregate_at_80_and_200_columns():
+    im = _synthetic()
+    for size, group in (((80, 24), 4), ((200, 60), 2)):
+        assert columns_for(256, size[0] - 2 - 9)[0] == group
+        app = _Host(im)
+        async with app.run_test(size=size) as pilot:
+            screen = app.screen
+            await _until(pilot, lambda: screen.detail is not None)
+            rows = _rows(screen)
+            m = screen.query_one(ExpertMap)
+            assert m.geometry() == (group, 256 // group)
+            shown = rows[1:]
+            assert 0 < len(shown) < 58 and len(shown) == m.size.height - 1  # the rest scrolls
+            assert all(len(r) == 9 + 256 // group for r in shown)
+            for r in shown:
+                layer = int(r[4:7])
+                assert r[7] == "S"
+                assert r[9 + ((layer * 7) % 256) // group] == "×"  # the dead expert's column
+                rare_col = ((layer * 11 + 1) % 256) // group
+                assert r[9 + rare_col] in "×!"  # rare unless it shares a column with the dead one
+            assert f"1 column = {group} experts (fewest shown)" in _text(screen, "#exp-header")
+            await pilot.press("end")  # the last layer scrolls into view
+            await pilot.pause()
+            assert _rows(screen)[-1].startswith("blk 60 ")
+
+
+async def test_expert_table_sorts():
+    app = _Host(load(DEEPSEEK))
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: screen.detail is not None)
+        await pilot.press("down", "t")  # blk.2's experts
+        table = screen.query_one("#exp-table", DataTable)
+        await _until(pilot, lambda: table.row_count == 16)
+        assert [str(c) for c in table.get_row_at(0)][:4] == ["0", "0", "0.00%", ""]  # dead: no statistics
+        assert str(table.get_row_at(13)[0]) == "13" and str(table.get_row_at(13)[-1]) == "rare"
+        await pilot.press("s")  # by tokens, fewest first
+        await pilot.pause()
+        assert [str(table.get_row_at(i)[0]) for i in range(5)] == ["0", "5", "9", "13", "1"]
+        assert "blk.2.ffn_up_exps.weight · 16 experts · sorted by tokens" in str(table.border_title)
+        await pilot.press("r")
+        await pilot.pause()
+        assert [str(table.get_row_at(i)[1]) for i in range(2)] == ["2601", "1227"]
+
+
+async def test_app_hook_opens_the_map_for_moe_files_only(prose):
+    app = make_app([str(DEEPSEEK)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await pilot.press("x")
+        await _until(pilot, lambda: isinstance(app.screen, ExpertsScreen))
+        assert app.screen.coverage.dead == 6
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ExpertsScreen)
+    app = make_app([str(prose)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await pilot.press("x")
+        await pilot.pause()
+        assert not isinstance(app.screen, ExpertsScreen)
