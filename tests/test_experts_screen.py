@@ -38,7 +38,7 @@ async def _until(pilot, condition, timeout: float = 30.0) -> None:
 
 
 def _rows(screen: ExpertsScreen) -> list[str]:
-    return screen.query_one(ExpertMap).render().plain.split("\n")
+    return screen.query_one(ExpertMap).plain_lines()
 
 
 def _text(screen: ExpertsScreen, widget_id: str) -> str:

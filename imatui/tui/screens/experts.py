@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -27,6 +30,7 @@ from textual.containers import Vertical
 from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
@@ -93,6 +97,11 @@ def cell(lay: LayerCoverage, first: int, group: int, scale: LogScale) -> tuple[s
         return RARE, RARE_STYLE
     level = scale.level(low)
     return GLYPHS[level], COLOURS[level]
+
+
+@lru_cache(maxsize=64)
+def _style(text: str) -> Style:
+    return Style.parse(text) if text else Style()
 
 
 def _fmt_tokens(value: float) -> str:
@@ -225,35 +234,75 @@ class ExpertMap(Widget, can_focus=True):
         self._moved()
 
     # -- drawing -------------------------------------------------------------------------------
-    def render(self) -> Text:
+    # the Line API: Textual asks for the visible lines only, and each line is a few runs of
+    # pre-parsed styles (a Text of 7,000 one-cell spans took most of a second to convert)
+    NO_EXPERTS = ("no expert tensors in this file (a dense model, or a legacy .dat, which loses the "
+                  "per-expert counts)")
+
+    def _row_runs(self, i: int, group: int, ncols: int) -> list[tuple[str, str]]:
+        """(text, style) runs of layer row i: label, shared mark, cells (equal styles merged)."""
+        lay = self.coverage.layers[i]
+        here = i == self.row
+        runs = [(f"blk {lay.layer:<3}"[:LABEL_WIDTH].ljust(LABEL_WIDTH), "bold" if here else "dim"),
+                (SHARED if lay.shared else " ", "bold #87afff" if lay.shared else ""), (" ", "")]
+        cursor_col = self.expert // group if here else -1
+        glyphs: list[str] = []
+        style = None
+        for col in range(ncols):
+            first = col * group
+            if first >= lay.n_experts:
+                break
+            glyph, st = cell(lay, first, group, self.scale)
+            if col == cursor_col:
+                st = f"{st} reverse"
+            if st != style and glyphs:
+                runs.append(("".join(glyphs), style or ""))
+                glyphs = []
+            style = st
+            glyphs.append(glyph)
+        if glyphs:
+            runs.append(("".join(glyphs), style or ""))
+        return runs
+
+    def _visible(self) -> range:
         cov = self.coverage
-        if cov is None:
-            return Text("")
-        if not cov.layers:
-            return Text("no expert tensors in this file (a dense model, or a legacy .dat, which "
-                        "loses the per-expert counts)", style="dim")
-        group, ncols = self.geometry()
         rows = max(0, self.size.height - 1)
         self.top = max(0, min(self.top, len(cov.layers) - rows))
-        out = Text(no_wrap=True, overflow="crop")
-        out.append(self._ruler(group, ncols), style="dim")
-        cursor_col = self.expert // group
-        for i in range(self.top, min(len(cov.layers), self.top + rows)):
-            lay = cov.layers[i]
-            out.append("\n")
-            here = i == self.row
-            out.append(f"blk {lay.layer:<3}"[:LABEL_WIDTH].ljust(LABEL_WIDTH), style="bold" if here else "dim")
-            out.append(SHARED if lay.shared else " ", style="bold #87afff" if lay.shared else "")
-            out.append(" ")
-            for col in range(ncols):
-                first = col * group
-                if first >= lay.n_experts:
-                    break
-                glyph, style = cell(lay, first, group, self.scale)
-                if here and col == cursor_col:
-                    style = f"{style} reverse"
-                out.append(glyph, style=style)
-        return out
+        return range(self.top, min(len(cov.layers), self.top + rows))
+
+    def lines(self) -> list[list[tuple[str, str]]]:
+        """What the map shows now, as (text, style) runs per line (the ruler first)."""
+        cov = self.coverage
+        if cov is None:
+            return []
+        if not cov.layers:
+            return [[(self.NO_EXPERTS, "dim")]]
+        group, ncols = self.geometry()
+        return [[(self._ruler(group, ncols), "dim")]] + [self._row_runs(i, group, ncols) for i in self._visible()]
+
+    def plain_lines(self) -> list[str]:
+        return ["".join(text for text, _ in line) for line in self.lines()]
+
+    def render_line(self, y: int) -> Strip:
+        cov = self.coverage
+        if cov is None:
+            return Strip.blank(self.size.width, self.rich_style)
+        base = self.rich_style
+        if not cov.layers:
+            runs = [(self.NO_EXPERTS, "dim")] if y == 0 else []
+        elif y == 0:
+            group, ncols = self.geometry()
+            runs = [(self._ruler(group, ncols), "dim")]
+        else:
+            visible = self._visible()
+            i = visible.start + y - 1
+            if i >= visible.stop:
+                runs = []
+            else:
+                group, ncols = self.geometry()
+                runs = self._row_runs(i, group, ncols)
+        segments = [Segment(text, base + _style(st)) for text, st in runs]
+        return Strip(segments).crop_extend(0, self.size.width, base)
 
     def _ruler(self, group: int, ncols: int) -> str:
         """Expert numbers over the columns, every 8 (or 16) columns."""
@@ -479,7 +528,7 @@ class ExpertsScreen(Screen):
             text.append("  no statistics: no tokens", style="dim")
         self.query_one("#exp-detail-text", Static).update(text)
 
-    @work(thread=True, exclusive=True, group="expert-detail", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="expert-detail", exit_on_error=False, description="expert detail")
     def _read_expert(self, imatrix: Imatrix, layer: int, expert: int, tensor: str) -> None:
         entry = imatrix.entries.get(tensor)
         if entry is None:
@@ -567,7 +616,7 @@ class ExpertsScreen(Screen):
         if tensor is not None:
             self._read_table(self.imatrix, tensor, self.threshold)
 
-    @work(thread=True, exclusive=True, group="expert-table", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="expert-table", exit_on_error=False, description="expert table")
     def _read_table(self, imatrix: Imatrix, tensor: str, threshold: RareThreshold) -> None:
         worker = get_current_worker()
         try:
