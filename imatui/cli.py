@@ -202,7 +202,7 @@ def _screenshot_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", nargs="?", help="imatrix file (default: the demo)")
     p.add_argument("-o", "--output", required=True, help="SVG file to write")
     p.add_argument("--size", default="120x40", help="terminal size COLSxROWS (default 120x40)")
-    p.add_argument("--view", choices=("table", "layers", "detail", "diff"), default="table")
+    p.add_argument("--view", choices=("table", "layers", "detail", "diff", "experts"), default="table")
     p.add_argument("--diff-with", help="second file for --view diff")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
 

@@ -74,10 +74,10 @@ async def test_map_of_deepseek_at_80x24():
         await _until(pilot, lambda: _detail_for(screen, 1, 0))
         rows = _rows(screen)
         # blk.1 counts: 1335 792 0 604 1865 708 583 0 1511 612 20 976 838 506 1019 919 (6…2601, log)
-        assert rows[1:] == ["blk 1  S █▇×▇█▇▇×█▇!▇▇▆▇▇",
-                            "blk 2  S ×▄█▇▇×▇▇▇×▇█▇!▇▇",
-                            "blk 3  S ▆▇▇!▇▇██!▇▆▇▇▇×█"]
-        assert rows[0].startswith("expert   0       8")
+        cells = ["█▇×▇█▇▇×█▇!▇▇▆▇▇", "×▄█▇▇×▇▇▇×▇█▇!▇▇", "▆▇▇!▇▇██!▇▆▇▇▇×█"]
+        # 16 experts in 69 columns: 4 columns each
+        assert rows[1:] == [f"blk {b}  S " + "".join(c * 4 for c in row) for b, row in zip((1, 2, 3), cells)]
+        assert rows[0].startswith("expert   0       2       4")
         header = _text(screen, "#exp-header")
         assert "3 layers × 16 experts · 12 chunks · 6 dead · 4 rare (<10% mean) · ~142 more chunks (blk.2 e13)" \
             in header.replace("\n", " ")
@@ -131,7 +131,9 @@ async def test_threshold_keys_and_live_update():
         screen.update_data(Imatrix(entries=entries, chunk_count=13), None)
         await pilot.pause()
         after = _rows(screen)[1]
-        assert before[9 + 3] == "×" and after[9 + 3] != "×" and after[9 + 9] == "×"
+        cw = screen.query_one(ExpertMap).cell_width()
+        assert cw == 4  # 16 experts at 120 columns
+        assert before[9 + 3 * cw] == "×" and after[9 + 3 * cw] != "×" and after[9 + 9 * cw] == "×"
         assert "7 dead" in _text(screen, "#exp-header") and "13 chunks" in _text(screen, "#exp-header")
 
 

@@ -50,6 +50,7 @@ COLOURS = ["#3b1f5c", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a
 DEAD, RARE, SHARED = "×", "!", "S"
 DEAD_STYLE, RARE_STYLE = "bold #ff5f5f", "bold #ffaf00"
 LABEL_WIDTH = 7  # "blk 57 "
+MAX_CELL = 4  # a few experts get wider cells (up to this many columns each) when there is room
 SHARED_WIDTH = 2  # "S "
 PLOT_POINTS = 1024
 EXPERT_SORTS = ["expert", "tokens", "share", "sum", "max", "mean", "std", "entropy", "zd"]
@@ -163,6 +164,12 @@ class ExpertMap(Widget, can_focus=True):
         width = self.size.width if width is None else width
         return columns_for(self.n_experts, width - LABEL_WIDTH - SHARED_WIDTH)
 
+    def cell_width(self, width: int | None = None) -> int:
+        """Screen columns per map column: wider cells when few experts leave room."""
+        width = (self.size.width if width is None else width) - LABEL_WIDTH - SHARED_WIDTH
+        n = self.n_experts
+        return max(1, min(MAX_CELL, width // n)) if n else 1
+
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return 1 + (len(self.coverage.layers) if self.coverage else 0)
 
@@ -227,7 +234,7 @@ class ExpertMap(Widget, can_focus=True):
             return
         group, _ = self.geometry()
         self.row = row
-        self.expert = min(cov.layers[row].n_experts - 1, x * group)
+        self.expert = min(cov.layers[row].n_experts - 1, (x // self.cell_width()) * group)
         self._moved()
 
     def on_resize(self) -> None:
@@ -246,6 +253,7 @@ class ExpertMap(Widget, can_focus=True):
         runs = [(f"blk {lay.layer:<3}"[:LABEL_WIDTH].ljust(LABEL_WIDTH), "bold" if here else "dim"),
                 (SHARED if lay.shared else " ", "bold #87afff" if lay.shared else ""), (" ", "")]
         cursor_col = self.expert // group if here else -1
+        cw = self.cell_width()
         glyphs: list[str] = []
         style = None
         for col in range(ncols):
@@ -259,7 +267,7 @@ class ExpertMap(Widget, can_focus=True):
                 runs.append(("".join(glyphs), style or ""))
                 glyphs = []
             style = st
-            glyphs.append(glyph)
+            glyphs.append(glyph * cw)
         if glyphs:
             runs.append(("".join(glyphs), style or ""))
         return runs
@@ -305,14 +313,15 @@ class ExpertMap(Widget, can_focus=True):
         return Strip(segments).crop_extend(0, self.size.width, base)
 
     def _ruler(self, group: int, ncols: int) -> str:
-        """Expert numbers over the columns, every 8 (or 16) columns."""
-        line = [" "] * (LABEL_WIDTH + SHARED_WIDTH + ncols)
+        """Expert numbers over the columns, at least 8 screen columns apart."""
+        cw = self.cell_width()
+        line = [" "] * (LABEL_WIDTH + SHARED_WIDTH + ncols * cw)
         label = "expert"
         line[: len(label)] = list(label)
-        step = 8 if ncols <= 64 else 16
+        step = next(k for k in (1, 2, 4, 8, 16, 32, 64) if k * cw >= 8 or k == 64)
         for col in range(0, ncols, step):
             text = str(col * group)
-            start = LABEL_WIDTH + SHARED_WIDTH + col
+            start = LABEL_WIDTH + SHARED_WIDTH + col * cw
             if start + len(text) <= len(line):
                 line[start: start + len(text)] = list(text)
         return "".join(line)
@@ -352,12 +361,14 @@ class ExpertsScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="experts.close"),
         Binding("x", "app.pop_screen", "Back", show=False, id="experts.close_x"),
         Binding("k", "next_kind", "Kind", id="experts.kind", tooltip="statistics of the gate / up / down tensor"),
-        Binding("plus,equals_sign", "threshold(2.0)", "Rare×2", id="experts.rare_up",
-                tooltip="double the rare threshold"),
-        Binding("minus", "threshold(0.5)", "Rare÷2", id="experts.rare_down", tooltip="halve the rare threshold"),
+        Binding("plus,equals_sign", "threshold(2.0)", "+/- Rare", id="experts.rare_up",
+                tooltip="double the rare threshold (-: halve it)"),
+        Binding("minus", "threshold(0.5)", "Rare÷2", show=False, id="experts.rare_down",
+                tooltip="halve the rare threshold"),
         Binding("t", "toggle_table", "Table", id="experts.table",
                 tooltip="the experts of this tensor as a table (one row per expert)"),
-        Binding("s", "next_sort", "Sort", id="experts.sort", tooltip="sort the expert table by the next column"),
+        Binding("s", "next_sort", "Sort", show=False, id="experts.sort",
+                tooltip="sort the expert table by the next column"),
         Binding("r", "reverse_sort", "Reverse", show=False, id="experts.reverse"),
     ]
 
