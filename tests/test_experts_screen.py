@@ -76,14 +76,17 @@ async def test_map_of_deepseek_at_80x24():
         # blk.1 counts: 1335 792 0 604 1865 708 583 0 1511 612 20 976 838 506 1019 919 (6…2601, log)
         cells = ["█▇×▇█▇▇×█▇!▇▇▆▇▇", "×▄█▇▇×▇▇▇×▇█▇!▇▇", "▆▇▇!▇▇██!▇▆▇▇▇×█"]
         # 16 experts in 69 columns: 4 columns each
-        assert rows[1:] == [f"blk {b}  S " + "".join(c * 4 for c in row) for b, row in zip((1, 2, 3), cells)]
+        want = [f"blk {b}  S " + "".join(c * 4 for c in row) for b, row in zip((1, 2, 3), cells)]
+        want[0] = "blk 1  S  ◆  " + want[0][13:]  # the cursor, on blk.1 expert 0
+        assert rows[1:] == want
         assert rows[0].startswith("expert   0       2       4")
         header = _text(screen, "#exp-header")
-        assert "3 layers × 16 experts · 12 chunks · 6 dead · 4 rare (<10% mean) · ~142 more chunks (blk.2 e13)" \
-            in header.replace("\n", " ")
+        assert header.split("\n")[0] == "3×16 experts · 6 dead · 4 rare (<10% mean) · +142 chunks (blk.2 e13)"
         detail = _text(screen, "#exp-detail-text")
-        assert "blk.1 expert 0 · 1335 tokens, 10.86% of the layer (mean 768.0 per expert)" in detail
-        assert "blk.1.ffn_up_exps.weight" in detail and "top channels" in detail
+        assert detail.split("\n")[0] == ("blk.1 expert 0 · 1335 tokens · 10.86% of the layer (mean 768.0) · "
+                                         "the layer also has a shared expert")
+        assert detail.split("\n")[1].startswith("ffn_up_exps  Σ 64 · max 2.119")
+        assert detail.split("\n")[2].startswith("top channels 7 2.119 (3.3%) · 29 1.924 (3.0%)")
 
         await pilot.press("down", "right", "right")  # blk.2 expert 2 ... then to the rare one, 13
         await _until(pilot, lambda: _detail_for(screen, 2, 2))
@@ -91,7 +94,7 @@ async def test_map_of_deepseek_at_80x24():
             await pilot.press("right")
         await _until(pilot, lambda: _detail_for(screen, 2, 13))
         detail = _text(screen, "#exp-detail-text")
-        assert "blk.2 expert 13 · 6 tokens, 0.05% of the layer" in detail
+        assert "blk.2 expert 13 · 6 tokens · 0.05% of the layer" in detail
         assert "RARE (< 10% of the layer mean: 76.8), ~142 more chunks at its rate" in detail.replace("\n", " ")
         assert screen.detail.stats.n == 64 and len(screen.detail.values) == 64
 
@@ -110,7 +113,8 @@ async def test_threshold_keys_and_live_update():
     async with app.run_test(size=(120, 36)) as pilot:
         screen = app.screen
         await _until(pilot, lambda: screen.detail is not None)
-        assert "8 dead · 16 rare" in _text(screen, "#exp-header")
+        assert "100 chunks" not in _text(screen, "#exp-header")
+        assert "4 layers × 16 experts · 12 chunks · 8 dead · 16 rare" in _text(screen, "#exp-header")
         await pilot.press("plus")
         await pilot.pause()
         want = coverage(im, RareThreshold(0.2)).rare
@@ -157,7 +161,8 @@ async def test_256_experts_aggregate_at_80_and_200_columns():
                 assert r[9 + ((layer * 7) % 256) // group] == "×"  # the dead expert's column
                 rare_col = ((layer * 11 + 1) % 256) // group
                 assert r[9 + rare_col] in "×!"  # rare unless it shares a column with the dead one
-            assert f"1 column = {group} experts (fewest shown)" in _text(screen, "#exp-header")
+            legend = f"1 column = {group} experts (fewest shown)" if size[0] >= 120 else f"{group} experts/column"
+            assert _text(screen, "#exp-header").split("\n")[1].endswith(legend)
             await pilot.press("end")  # the last layer scrolls into view
             await pilot.pause()
             assert _rows(screen)[-1].startswith("blk 60 ")

@@ -49,6 +49,7 @@ GLYPHS = "▁▂▃▄▅▆▇█"
 COLOURS = ["#3b1f5c", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"]
 DEAD, RARE, SHARED = "×", "!", "S"
 DEAD_STYLE, RARE_STYLE = "bold #ff5f5f", "bold #ffaf00"
+CURSOR, CURSOR_STYLE = "◆", "bold #000000 on #e4e4e4"
 LABEL_WIDTH = 7  # "blk 57 "
 MAX_CELL = 4  # a few experts get wider cells (up to this many columns each) when there is room
 SHARED_WIDTH = 2  # "S "
@@ -261,13 +262,14 @@ class ExpertMap(Widget, can_focus=True):
             if first >= lay.n_experts:
                 break
             glyph, st = cell(lay, first, group, self.scale)
-            if col == cursor_col:
-                st = f"{st} reverse"
+            text = glyph * cw
+            if col == cursor_col:  # a diamond on a light cell: distinct in colour and without it
+                text, st = CURSOR.center(cw), CURSOR_STYLE
             if st != style and glyphs:
                 runs.append(("".join(glyphs), style or ""))
                 glyphs = []
             style = st
-            glyphs.append(glyph * cw)
+            glyphs.append(text)
         if glyphs:
             runs.append(("".join(glyphs), style or ""))
         return runs
@@ -346,15 +348,16 @@ class ExpertsScreen(Screen):
     """The expert map (see the module docstring)."""
 
     DEFAULT_CSS = """
-    ExpertsScreen { layout: vertical; }
-    #exp-header { height: auto; padding: 0 1; background: $boost; }
+    ExpertsScreen { layout: vertical; overflow: hidden; }
+    #exp-header { height: auto; padding: 0 1; background: $boost; text-wrap: nowrap; text-overflow: ellipsis; }
     #exp-map { padding: 0 1; }
     #exp-table { height: 1fr; display: none; border-top: hkey $foreground 20%; border-title-align: left; }
     ExpertsScreen.-table #exp-table { display: block; }
     ExpertsScreen.-table #exp-map { display: none; }
-    #exp-detail { height: 1fr; min-height: 6; border-top: hkey $foreground 20%; }
-    #exp-detail-text { height: auto; padding: 0 1; }
-    #exp-plot { height: 1fr; min-height: 4; }
+    #exp-detail { height: 1fr; min-height: 4; border-top: hkey $foreground 20%; }
+    #exp-detail-text { height: auto; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    #exp-plot { height: 1fr; }
+    ExpertsScreen.-short ExpertMap { max-height: 50%; }
     """
 
     BINDINGS = [
@@ -436,7 +439,7 @@ class ExpertsScreen(Screen):
         if cov is None:
             return
         wide = self.size.width >= 120
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis")
         if wide:
             text.append(cov.file.rsplit("/", 1)[-1] + "  ", style="bold")
         if not cov.layers:
@@ -444,7 +447,8 @@ class ExpertsScreen(Screen):
             self.query_one("#exp-header", Static).update(text)
             return
         n = max(lay.n_experts for lay in cov.layers)
-        text.append(f"{len(cov.layers)} layers × {n} experts · {cov.chunk_count} chunks · ")
+        text.append(f"{len(cov.layers)} layers × {n} experts · {cov.chunk_count} chunks · " if wide
+                    else f"{len(cov.layers)}×{n} experts · ")
         text.append(f"{cov.dead} dead", style=DEAD_STYLE if cov.dead else "")
         text.append(" · ")
         text.append(f"{cov.rare} rare", style=RARE_STYLE if cov.rare else "")
@@ -452,7 +456,8 @@ class ExpertsScreen(Screen):
         text.append(f" ({t.label})" if wide else f" (<{t.tokens:g} tok)" if t.tokens is not None
                     else f" (<{t.fraction * 100:g}% mean)")
         if cov.chunks_needed is not None and cov.slowest is not None:
-            text.append(f" · ~{cov.chunks_needed} more chunks" + (" for the rare ones" if wide else ""))
+            text.append(f" · ~{cov.chunks_needed} more chunks for the rare ones" if wide
+                        else f" · +{cov.chunks_needed} chunks")
             text.append(f" (blk.{cov.slowest[0]} e{cov.slowest[1]})", style="dim")
         text.append("\n")
         m = self.query_one(ExpertMap)
@@ -460,20 +465,22 @@ class ExpertsScreen(Screen):
         group, _ = m.geometry(self.size.width - 2)
         for glyph, colour in zip(GLYPHS, COLOURS):
             text.append(glyph, style=colour)
-        text.append(f" {_fmt_tokens(10 ** m.scale.lo)}…{_fmt_tokens(10 ** m.scale.hi)} tokens (log)  ")
+        text.append(f" {_fmt_tokens(10 ** m.scale.lo)}…{_fmt_tokens(10 ** m.scale.hi)} tokens" + (" (log)  " if wide else " "))
         text.append(DEAD, style=DEAD_STYLE)
-        text.append(" dead  ")
+        text.append(" dead " + (" " if wide else ""))
         text.append(RARE, style=RARE_STYLE)
-        text.append(" rare  ")
+        text.append(" rare " + (" " if wide else ""))
         text.append(SHARED, style="bold #87afff")
         text.append(" shared")
         if self.kinds:
             text.append(f" · {self.kinds[self.kind]}", style="bold")
         if group > 1:
-            text.append(f" · 1 column = {group} experts (fewest shown)", style="bold")
+            text.append(f" · 1 column = {group} experts (fewest shown)" if wide
+                        else f" · {group} experts/column", style="bold")
         self.query_one("#exp-header", Static).update(text)
 
     def on_resize(self) -> None:
+        self.set_class(self.size.height < 40, "-short")  # a small terminal shares its rows evenly
         self._header()
 
     # -- the selected expert -----------------------------------------------------------------------
@@ -511,8 +518,10 @@ class ExpertsScreen(Screen):
             return
         tokens = lay.counts[expert]
         status = lay.status(expert)
-        text = Text.assemble((f"blk.{layer} expert {expert}", "bold"), f" · {tokens} tokens, ",
-                             f"{lay.shares[expert] * 100:.2f}% of the layer (mean {lay.mean:.1f} per expert)")
+        # one line each (cropped, never wrapped): the map above keeps its rows at any width
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f"blk.{layer} expert {expert}", style="bold")
+        text.append(f" · {tokens} tokens · {lay.shares[expert] * 100:.2f}% of the layer (mean {lay.mean:.1f})")
         if status == "dead":
             text.append(" · DEAD: never routed a token", style=DEAD_STYLE)
         elif status == "rare":
@@ -521,10 +530,10 @@ class ExpertsScreen(Screen):
             if np.isfinite(more):
                 text.append(f", ~{int(more)} more chunks at its rate")
         if lay.shared:
-            text.append(" · layer has a shared expert", style="dim")
+            text.append(" · the layer also has a shared expert", style="dim")
         text.append("\n")
         if tensor is not None:
-            text.append(tensor, style="bold")
+            text.append(split_name(tensor)[1], style="bold")
         if stats is not None:
             text.append(f"  Σ {stats.sum:.4g} · max {stats.max:.4g} · μ {stats.mean:.4g} · σ {stats.std:.4g} · "
                         f"entropy {stats.entropy:.3f} ({stats.entropy_norm * 100:.1f}%) · ZD {stats.zd * 100:.1f}%")
