@@ -227,6 +227,17 @@ def expert_diff_cells(x: TensorExpertDiff) -> list[str]:
     return [x.name, low, fmt_num(x.mean_cossim, ".4f"), shift, _ids(only_a), _ids(only_b)]
 
 
+def expert_diff_line(x: TensorExpertDiff) -> str:
+    """One line for the app's diff detail: the tensor's experts compared."""
+    low, mean, shift, only_a, only_b = expert_diff_cells(x)[1:]
+    text = f"experts: least similar {low} · mean cos {mean} · largest share shift {shift}"
+    if only_a != "-":
+        text += f" · dead only in A: {only_a}"
+    if only_b != "-":
+        text += f" · dead only in B: {only_b}"
+    return text
+
+
 def format_expert_diff(experts: list[TensorExpertDiff]) -> str:
     """The per-expert section of `imatui diff` for MoE files: one line per expert tensor, least
     similar expert first within the tensor, then the least similar experts of the whole file."""

@@ -203,3 +203,38 @@ async def test_app_hook_opens_the_map_for_moe_files_only(prose):
         await pilot.press("x")
         await pilot.pause()
         assert not isinstance(app.screen, ExpertsScreen)
+
+
+async def test_diff_screen_compares_the_experts_of_a_moe_tensor(tmp_path):
+    from imatui.formats.write import save
+    from imatui.tui.screens.diff import DiffScreen
+
+    im = load(QWEN)
+    # B: blk.0's expert 12 loses its 3 tokens, expert 5's channels reversed
+    entries = dict(im.entries)
+    for kind in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+        e = im[f"blk.0.{kind}.weight"]
+        sums2, counts = np.array(e.sums2), np.array(e.counts)
+        counts[12], sums2[12] = 0, 0.0
+        sums2[5] = sums2[5][::-1]
+        entries[e.name] = Entry.from_arrays(e.name, sums2, counts)
+    save(Imatrix(entries=entries, chunk_count=12), tmp_path / "b.gguf")
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(DiffScreen(str(QWEN), str(tmp_path / "b.gguf")))
+
+    app = Host()
+    async with app.run_test(size=(160, 40)) as pilot:
+        await _until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen.report is not None)
+        screen = app.screen
+        table = screen.query_one("#diff-table", DataTable)
+        name = "blk.0.ffn_up_exps.weight"
+        table.move_cursor(row=table.get_row_index(name))
+        title = screen.query_one("#diff-detail-title", Static)
+        await _until(pilot, lambda: "experts:" in str(title.render()))
+        line = str(title.render()).split("\n")[-1]
+        orig = im[name].sums2[5].astype(np.float64)
+        cos = float(orig @ orig[::-1] / (orig @ orig))
+        assert line.startswith(f"experts: least similar {cos:.4f} (e5) · mean cos ")
+        assert line.endswith("· dead only in B: 12")
