@@ -239,3 +239,19 @@ def test_cli_diff_expert_section(capsys, tmp_path):
 def test_coverage_section_text():
     text = format_coverage(coverage(load(QWEN)))
     assert "      1       16     3     4        0        17       768.0       76.8        43  0 6 11 | 2 3 13 14" in text
+
+
+def test_bad_values_are_errors_not_silent_gaps():
+    im = load(QWEN)
+    e = im["blk.1.ffn_up_exps.weight"]
+    sums2 = np.array(e.sums2)
+    sums2[2, 3] = np.nan
+    bad = Entry.from_arrays(e.name, sums2, e.counts)
+    with pytest.raises(ImatrixError, match="non-finite"):
+        diff_experts(im, Imatrix(entries={**im.entries, e.name: bad}, chunk_count=12))
+    with pytest.raises(ImatrixError, match="non-finite"):
+        expert_table(bad)
+    counts = np.array(e.counts)
+    counts[1] = np.nan
+    with pytest.raises(ImatrixError, match="expert counts"):
+        coverage(Imatrix(entries={**im.entries, e.name: Entry.from_arrays(e.name, e.sums2, counts)}))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from imatui.errors import ImatrixError
+from imatui.errors import CorruptError, ImatrixError
 from imatui.imatrix import Entry, Imatrix, split_name
 from imatui.stats.tensor import TensorStats, _tensor_stats
 
@@ -220,7 +220,7 @@ def coverage(imatrix: Imatrix, threshold: RareThreshold | None = None) -> Covera
     for layer, names in expert_tensors(imatrix).items():
         counts, agree = layer_counts(imatrix, names)
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):
-            raise ImatrixError(f"blk.{layer}: expert counts are not finite non-negative numbers")
+            raise CorruptError(f"blk.{layer}: expert counts are not finite non-negative numbers", imatrix.path)
         total = float(counts.sum())
         mean = total / counts.size
         target = threshold.tokens_for(mean)
@@ -392,7 +392,12 @@ def diff_tensor_experts(ea: Entry, eb: Entry) -> TensorExpertDiff:
         raise ImatrixError(f"{ea.name}: shapes differ ({ea.shape} and {eb.shape})")
     ca = np.asarray(ea.counts, dtype=np.float64)
     cb = np.asarray(eb.counts, dtype=np.float64)
-    cos = _row_cosines(ea.sums2, eb.sums2)
+    sa, sb = np.asarray(ea.sums2), np.asarray(eb.sums2)
+    for side, sums2, counts in (("A", sa, ca), ("B", sb, cb)):
+        # a NaN would only make its expert's cosine undefined: say so instead of hiding the expert
+        if not (np.all(np.isfinite(counts)) and np.isfinite(float(np.sum(sums2, dtype=np.float64)))):
+            raise CorruptError(f"tensor {ea.name} has non-finite values (NaN or Inf) in {side}")
+    cos = _row_cosines(sa, sb)
     both = (ca > 0) & (cb > 0) & np.isfinite(cos)
     ta, tb = float(ca.sum()), float(cb.sum())
     experts = [ExpertDiff(expert=e, tokens_a=int(ca[e]), tokens_b=int(cb[e]),
