@@ -238,3 +238,30 @@ async def test_diff_screen_compares_the_experts_of_a_moe_tensor(tmp_path):
         cos = float(orig @ orig[::-1] / (orig @ orig))
         assert line.startswith(f"experts: least similar {cos:.4f} (e5) · mean cos ")
         assert line.endswith("· dead only in B: 12")
+
+
+async def test_a_reload_updates_the_map_and_convergence_names_the_slowest_experts():
+    from imatui.stats import compute_stats
+    from imatui.tui.messages import DataLoaded
+    from imatui.tui.screens.convergence import ConvergenceScreen
+
+    at4 = MOE / "deepseekv3-tiny.imatrix.gguf.at_4"
+    app = make_app([str(at4), str(MOE / "deepseekv3-tiny.imatrix.gguf.at_8"), str(DEEPSEEK)])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.wait_for_data()
+        await _until(pilot, lambda: len(app.watcher.series) == 3)
+        await pilot.press("x")
+        await _until(pilot, lambda: isinstance(app.screen, ExpertsScreen))
+        screen = app.screen
+        assert screen.coverage.chunk_count == 12 and screen.coverage.rare == 4
+        # the app's reload path (the watcher posts the same message): the map recounts
+        early = load(at4)
+        app.post_message(DataLoaded(app.current_path, early, compute_stats(early)))
+        await _until(pilot, lambda: screen.coverage.chunk_count == 4)
+        assert (screen.coverage.dead, screen.coverage.rare) == (coverage(early).dead, coverage(early).rare)
+        assert "4 chunks" in _text(screen, "#exp-header")
+        await pilot.press("escape", "c")
+        await _until(pilot, lambda: isinstance(app.screen, ConvergenceScreen))
+        moved = str(app.screen.query_one("#conv-moved", Static).render())
+        # 8 -> 12 chunks: the dead experts gained nothing
+        assert "slowest experts: blk.1 e2 +0 (0 tokens) · blk.1 e7 +0 (0 tokens) · blk.2 e0 +0 (0 tokens)" in moved

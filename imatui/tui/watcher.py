@@ -27,6 +27,7 @@ from imatui.stats.convergence import (
     format_duration,
     format_rate,
 )
+from imatui.stats.experts import routing_counts
 from imatui.tui.messages import DataLoaded, LoadFailed
 
 if TYPE_CHECKING:
@@ -204,7 +205,8 @@ class LiveWatcher:
         if series is not self.series:
             return None  # another file followed meanwhile: its own series
         return series.add_checkpoint(
-            Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name))
+            Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name,
+                       routing_counts(event.imatrix)))  # MoE: the steps name the slowest experts
 
     async def _add_snapshot(self, snap: Path, series: ConvergenceSeries) -> None:
         """A snapshot is often noticed while llama-imatrix is still writing it: try a few times.
@@ -222,7 +224,8 @@ class LiveWatcher:
                 means = await asyncio.to_thread(channel_means, outcome.imatrix)
                 if series is not self.series:
                     return
-                checkpoint = Checkpoint(outcome.imatrix.chunk_count, outcome.mtime, means, snap.name)
+                checkpoint = Checkpoint(outcome.imatrix.chunk_count, outcome.mtime, means, snap.name,
+                                        routing_counts(outcome.imatrix))
                 if series.insert_checkpoint(checkpoint):
                     self._changed()
                 return

@@ -364,7 +364,7 @@ class ExpertsScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", id="experts.close"),
         Binding("x", "app.pop_screen", "Back", show=False, id="experts.close_x"),
         Binding("k", "next_kind", "Kind", id="experts.kind", tooltip="statistics of the gate / up / down tensor"),
-        Binding("plus,equals_sign", "threshold(2.0)", "+/- Rare", id="experts.rare_up",
+        Binding("plus,equals_sign", "threshold(2.0)", "Rare ±", id="experts.rare_up",
                 tooltip="double the rare threshold (-: halve it)"),
         Binding("minus", "threshold(0.5)", "Rare÷2", show=False, id="experts.rare_down",
                 tooltip="halve the rare threshold"),
