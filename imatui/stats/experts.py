@@ -107,10 +107,10 @@ def shared_tensors(imatrix: Imatrix) -> dict[int, list[str]]:
     return dict(sorted(out.items()))
 
 
-def layer_counts(imatrix: Imatrix, names: list[str] | None = None) -> tuple[np.ndarray, bool]:
+def layer_counts(imatrix: Imatrix, names: list[str]) -> tuple[np.ndarray, bool]:
     """Tokens per expert of one layer from its expert tensors: the smallest count over the kinds
     (they agree in llama.cpp's files, gate/up/down see the same routed tokens), and whether they agree."""
-    entries = [imatrix.entries[n] for n in (names or [])]
+    entries = [imatrix.entries[n] for n in names]
     n_mat = max(e.n_mat for e in entries)
     rows = [np.asarray(e.counts, dtype=np.float64) for e in entries if e.n_mat == n_mat]
     stacked = np.vstack(rows)
