@@ -62,7 +62,7 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_experts(args: argparse.Namespace, path: str | Path, threshold: object) -> int:
     from imatui.formats import load
-    from imatui.printers import format_expert_table
+    from imatui.printers import format_expert_csv, format_expert_table
     from imatui.stats.experts import expert_table, sort_experts
 
     im = load(path, chunk_size=args.chunk_size)
@@ -77,6 +77,8 @@ def _run_experts(args: argparse.Namespace, path: str | Path, threshold: object) 
 
         sys.stdout.write(json.dumps({"tensor": args.experts, "experts": [r.to_dict() for r in rows]},
                                     indent=1) + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(format_expert_csv(rows))
     else:
         sys.stdout.write(format_expert_table(args.experts, rows))
     return 0

@@ -169,6 +169,26 @@ def expert_cells(row: ExpertRow) -> list[str]:
                    f"{_pct(s.zd):.2f}%", " ".join(str(c) for c in s.top_channels[:4])]
 
 
+EXPERT_CSV_FIELDS = ["expert", "tokens", "share", "status", "sum", "min", "max", "mean", "std", "active", "n",
+                     "entropy", "entropy_norm", "zd", "skewness", "kurtosis", "dead_channels", "top_channels"]
+
+
+def format_expert_csv(rows: list[ExpertRow]) -> str:
+    """One CSV row per expert (empty statistics for a dead expert)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPERT_CSV_FIELDS)
+    for r in rows:
+        d = r.to_dict()
+        cells = []
+        for f in EXPERT_CSV_FIELDS:
+            v = d.get(f)
+            cells.append("" if v is None else " ".join(map(str, v)) if isinstance(v, list)
+                         else repr(v) if isinstance(v, float) else v)
+        writer.writerow(cells)
+    return out.getvalue()
+
+
 def format_expert_table(name: str, rows: list[ExpertRow]) -> str:
     """Per-expert statistics of one tensor, aligned columns, status marked."""
     cells = [expert_cells(r) + [r.status if r.status != "ok" else ""] for r in rows]

@@ -210,6 +210,10 @@ def test_cli_stats_sections(capsys):
     rows = json.loads(capsys.readouterr().out)["experts"]
     assert [(r["expert"], r["tokens"], r["status"]) for r in rows[:3]] == [(14, 0, "dead"), (3, 7, "rare"),
                                                                          (8, 15, "rare")]
+    assert main(["stats", str(DEEPSEEK), "--experts", "blk.3.ffn_down_exps.weight", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("expert,tokens,share,status,sum,")
+    assert lines[1 + 14].startswith("14,0,0.0,dead,,,") and lines[1 + 3].startswith("3,7,")
     assert main(["stats", str(DEEPSEEK), "--rare", "0%"]) == 2
     assert main(["stats", str(DEEPSEEK), "--experts", "blk.0.attn_q_a.weight"]) == 2
     assert "not an expert tensor" in capsys.readouterr().err
