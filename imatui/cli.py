@@ -51,6 +51,37 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
                    help="per-layer aggregates only (table, csv); json always has both")
     p.add_argument("--chunk-size", type=int, default=512,
                    help="chunk size for legacy .dat files, which do not store it (default 512)")
+    p.add_argument("--rare", default="10%", metavar="THRESHOLD",
+                   help="MoE: an expert is rare below this: a percentage of its layer's mean tokens per "
+                        "expert (default 10%%) or a token count (e.g. 100)")
+    p.add_argument("--experts", metavar="TENSOR",
+                   help="MoE: one row per expert of this tensor instead of the tensor table")
+    p.add_argument("--expert-sort", default="expert", metavar="COLUMN",
+                   help="sort --experts rows: expert, tokens, share, sum, max, mean, std, entropy, zd, ...")
+
+
+def _run_experts(args: argparse.Namespace, path: str | Path, threshold: object) -> int:
+    from imatui.formats import load
+    from imatui.printers import format_expert_csv, format_expert_table
+    from imatui.stats.experts import expert_table, sort_experts
+
+    im = load(path, chunk_size=args.chunk_size)
+    entry = im.entries.get(args.experts)
+    if entry is None:
+        return _fail(f"{path}: no tensor named {args.experts!r}")
+    if entry.n_mat < 2:
+        return _fail(f"{args.experts} is not an expert tensor (it has one matrix)")
+    rows = sort_experts(expert_table(entry, threshold, str(path)), args.expert_sort)
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps({"tensor": args.experts, "experts": [r.to_dict() for r in rows]},
+                                    indent=1) + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(format_expert_csv(rows))
+    else:
+        sys.stdout.write(format_expert_table(args.experts, rows))
+    return 0
 
 
 def _run_stats(args: argparse.Namespace) -> int:
@@ -58,20 +89,27 @@ def _run_stats(args: argparse.Namespace) -> int:
     from imatui.printers import format_csv, format_json, format_layers_csv, format_table
     from imatui.stats import compute_stats
 
+    from imatui.stats.experts import RareThreshold, coverage
+
     path = demo_path() if args.demo else args.file
     if path is None:
         return _fail("stats needs a FILE (or --demo)")
-    report = compute_stats(load(path, chunk_size=args.chunk_size), fork=True)
+    threshold = RareThreshold.parse(args.rare)
+    if args.experts:
+        return _run_experts(args, path, threshold)
+    imatrix = load(path, chunk_size=args.chunk_size)
+    report = compute_stats(imatrix, fork=True)
+    cov = coverage(imatrix, threshold)
     if args.format == "json":
-        text = format_json(report, sort=args.sort, reverse=args.reverse)
+        text = format_json(report, sort=args.sort, reverse=args.reverse, coverage=cov)
     elif args.format == "csv":
         text = format_layers_csv(report) if args.layers else format_csv(report, sort=args.sort,
                                                                          reverse=args.reverse)
     elif args.layers:
-        text = format_table(report, sort=args.sort, reverse=args.reverse, layers=True)
+        text = format_table(report, sort=args.sort, reverse=args.reverse, layers=True, coverage=cov)
         text = text[text.index("\nComputing weighted"):]
     else:
-        text = format_table(report, sort=args.sort, reverse=args.reverse)
+        text = format_table(report, sort=args.sort, reverse=args.reverse, coverage=cov)
     sys.stdout.write(text)
     return 0
 
@@ -154,8 +192,10 @@ def _run_diff(args: argparse.Namespace) -> int:
         return 0
     from imatui.diff_printers import format_diff
     from imatui.stats.diff import compute_diff
+    from imatui.stats.experts import diff_experts
 
-    sys.stdout.write(format_diff(compute_diff(a, b, fork=True), args.format, sort=args.sort))
+    experts = diff_experts(a, b) if args.format != "csv" else None
+    sys.stdout.write(format_diff(compute_diff(a, b, fork=True), args.format, sort=args.sort, experts=experts))
     return 0
 
 
@@ -164,7 +204,7 @@ def _screenshot_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", nargs="?", help="imatrix file (default: the demo)")
     p.add_argument("-o", "--output", required=True, help="SVG file to write")
     p.add_argument("--size", default="120x40", help="terminal size COLSxROWS (default 120x40)")
-    p.add_argument("--view", choices=("table", "layers", "detail", "diff"), default="table")
+    p.add_argument("--view", choices=("table", "layers", "detail", "diff", "experts"), default="table")
     p.add_argument("--diff-with", help="second file for --view diff")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 from imatui.errors import ImatrixError
 from imatui.stats.diff import DiffReport, TensorDiff
+from imatui.stats.experts import TensorExpertDiff
 
 # column -> (key, descending by default). Missing values always sort last (see sort_rows).
 SORT_KEYS: dict[str, tuple[Callable[[TensorDiff], Any], bool]] = {
@@ -77,9 +78,12 @@ def _shape(t: TensorDiff) -> tuple[int | None, int | None]:
     return (None, None) if shape is None else shape
 
 
-def format_json(report: DiffReport, sort: str | None = None) -> str:
+def format_json(report: DiffReport, sort: str | None = None,
+                experts: list[TensorExpertDiff] | None = None) -> str:
     d = report.to_dict()
     d["tensors"] = [t.to_dict() for t in sort_rows(report.tensors, sort)]
+    if experts:
+        d["experts"] = [x.to_dict() for x in experts]
     return json.dumps(_clean(d), indent=2, allow_nan=False) + "\n"
 
 
@@ -203,11 +207,69 @@ def format_table(report: DiffReport, sort: str | None = None) -> str:
     return "\n".join(text) + "\n"
 
 
-def format_diff(report: DiffReport, fmt: str = "table", sort: str | None = None) -> str:
+def _ids(experts: list[int], limit: int = 8) -> str:
+    if not experts:
+        return "-"
+    more = f" +{len(experts) - limit}" if len(experts) > limit else ""
+    return " ".join(str(e) for e in experts[:limit]) + more
+
+
+EXPERT_DIFF_COLUMNS = ["Tensor", "Min cos (expert)", "Mean cos", "Largest share shift", "Dead only in A",
+                       "Dead only in B"]
+
+
+def expert_diff_cells(x: TensorExpertDiff) -> list[str]:
+    low = "-" if x.min_cossim is None else f"{x.min_cossim:.4f} (e{x.min_expert})"
+    e = x.experts[x.max_shift_expert]
+    shift = f"e{e.expert}: {e.share_a * 100:.2f}% → {e.share_b * 100:.2f}%"
+    only_a = sorted(set(x.dead_a) - set(x.dead_b))
+    only_b = sorted(set(x.dead_b) - set(x.dead_a))
+    return [x.name, low, fmt_num(x.mean_cossim, ".4f"), shift, _ids(only_a), _ids(only_b)]
+
+
+def expert_diff_line(x: TensorExpertDiff) -> str:
+    """One line for the app's diff detail: the tensor's experts compared."""
+    low, mean, shift, only_a, only_b = expert_diff_cells(x)[1:]
+    text = f"experts: least similar {low} · mean cos {mean} · largest share shift {shift}"
+    if only_a != "-":
+        text += f" · dead only in A: {only_a}"
+    if only_b != "-":
+        text += f" · dead only in B: {only_b}"
+    return text
+
+
+def format_expert_diff(experts: list[TensorExpertDiff]) -> str:
+    """The per-expert section of `imatui diff` for MoE files: one line per expert tensor, least
+    similar expert first within the tensor, then the least similar experts of the whole file."""
+    if not experts:
+        return ""
+    rows = [expert_diff_cells(x) for x in experts]
+    widths = [max([len(EXPERT_DIFF_COLUMNS[i])] + [len(r[i]) for r in rows]) for i in range(len(rows[0]))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(widths[i]) if i in (0, 3, 4, 5) else c.rjust(widths[i])
+                         for i, c in enumerate(cells)).rstrip()
+
+    text = ["", f"Experts ({len(experts)} MoE tensors, compared expert by expert: cosine of each expert's "
+                "channels, share of the routed tokens)", "", line(EXPERT_DIFF_COLUMNS),
+            "-" * len(line(EXPERT_DIFF_COLUMNS))]
+    text += [line(r) for r in rows]
+    pairs = [(e.cossim, x.name, e) for x in experts for e in x.experts if e.cossim is not None]
+    pairs.sort(key=lambda p: (p[0], p[1], p[2].expert))
+    if pairs:
+        text.append("")
+        text.append("least similar experts: " + "; ".join(
+            f"{name} e{e.expert} {cos:.4f} ({e.tokens_a} → {e.tokens_b} tokens)" for cos, name, e in pairs[:5]))
+    return "\n".join(text) + "\n"
+
+
+def format_diff(report: DiffReport, fmt: str = "table", sort: str | None = None,
+                experts: list[TensorExpertDiff] | None = None) -> str:
+    """`experts`: imatui.stats.experts.diff_experts(a, b) for MoE files (a section in table and JSON)."""
     if fmt == "json":
-        return format_json(report, sort)
+        return format_json(report, sort, experts)
     if fmt == "csv":
         return format_csv(report, sort)
     if fmt == "table":
-        return format_table(report, sort)
+        return format_table(report, sort) + format_expert_diff(experts or [])
     raise ImatrixError(f"unknown format {fmt!r}; one of: table, json, csv")

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from typing import Any, Iterable
 
+from imatui.stats.experts import Coverage, ExpertRow
 from imatui.stats.tensor import StatsReport, TensorStats
 
 SORT_KEYS = {
@@ -67,7 +68,7 @@ def tensor_row(t: TensorStats) -> str:
 
 
 def format_table(report: StatsReport, *, sort: str | None = None, reverse: bool = False,
-                 layers: bool = True) -> str:
+                 layers: bool = True, coverage: Coverage | None = None) -> str:
     out = io.StringIO()
     w = out.write
     tensors = sort_tensors(report.tensors, sort, reverse)
@@ -97,7 +98,108 @@ def format_table(report: StatsReport, *, sort: str | None = None, reverse: bool 
     notes = _notes(report)
     if notes:
         w("\n" + "\n".join(notes) + "\n")
+    if coverage is not None and coverage.is_moe:
+        w(format_coverage(coverage))
     return out.getvalue()
+
+
+def _expert_list(experts: list[int], limit: int = 12) -> str:
+    if len(experts) <= limit:
+        return " ".join(str(e) for e in experts)
+    return " ".join(str(e) for e in experts[:limit]) + f" +{len(experts) - limit}"
+
+
+def _tokens(value: float) -> str:
+    return f"{value:.1f}" if value < 1e5 else f"{value:.4g}"
+
+
+def coverage_summary(cov: Coverage) -> str:
+    """One sentence for the file: dead and rare experts, and the chunks the rare ones still need."""
+    text = (f"{cov.dead} dead and {cov.rare} rare of {cov.n_experts} experts in {len(cov.layers)} MoE layers "
+            f"(rare: {cov.threshold.label})")
+    if cov.slowest is not None and cov.chunks_needed is not None:
+        layer, expert = cov.slowest
+        lay = cov.layer(layer)
+        tokens = lay.counts[expert] if lay is not None else 0
+        text += (f"; at the current routing rates the rare experts need about {cov.chunks_needed} more chunks "
+                 f"(slowest: blk.{layer} expert {expert}, {tokens} token{'s' if tokens != 1 else ''} in "
+                 f"{cov.chunk_count} chunks, "
+                 f"to reach {_tokens(lay.threshold if lay is not None else 0.0)})")
+    elif cov.rare and cov.chunk_count <= 0:
+        text += "; no chunk count in the file, so no estimate of the chunks still needed"
+    if cov.dead:
+        text += "; dead experts were never routed a token: more of the same data will not reach them"
+    return text
+
+
+def format_coverage(cov: Coverage) -> str:
+    """The expert coverage section of `imatui stats` (MoE files)."""
+    out = io.StringIO()
+    w = out.write
+    w(f"\nExpert coverage per layer ({len(cov.layers)} MoE layers; rare: {cov.threshold.label})\n\n")
+    w("%7s %8s %5s %5s %8s %9s %11s %10s %9s  %s\n" % (
+        "Layer", "Experts", "Dead", "Rare", "Min", "Min live", "Mean", "Rare <", "+Chunks",
+        "Dead experts | rare experts"))
+    w("=" * 108 + "\n")
+    for lay in cov.layers:
+        detail = _expert_list(lay.dead) or "-"
+        detail += " | " + (_expert_list(lay.rare) or "-")
+        w("%7d %8d %5d %5d %8d %9s %11s %10s %9s  %s\n" % (
+            lay.layer, lay.n_experts, len(lay.dead), len(lay.rare), lay.min_count,
+            "-" if lay.min_live is None else str(lay.min_live), _tokens(lay.mean),
+            _tokens(lay.threshold), "-" if lay.chunks_needed is None else str(lay.chunks_needed), detail))
+        if not lay.kinds_agree:
+            w("        (its gate/up/down counts differ: the smallest per expert is shown)\n")
+    w("\n" + coverage_summary(cov) + "\n")
+    return out.getvalue()
+
+
+EXPERT_COLUMNS = ["Expert", "Tokens", "Share", "Σ(Act²)", "Min", "Max", "μ", "σ", "% Active", "Entropy",
+                  "E (norm)", "ZD", "Top channels"]
+
+
+def expert_cells(row: ExpertRow) -> list[str]:
+    """One per-expert row as text cells (the CLI table and the app's expert table)."""
+    head = [str(row.expert), str(row.tokens), f"{row.share * 100:.2f}%"]
+    s = row.stats
+    if s is None:
+        return head + [""] * (len(EXPERT_COLUMNS) - 3)
+    return head + [f"{s.sum:.2f}", f"{s.min:.4f}", f"{s.max:.4f}", f"{s.mean:.2f}", f"{s.std:.2f}",
+                   f"{_pct(s.active):.2f}%", f"{s.entropy:.4f}", f"{_pct(s.entropy_norm):.2f}%",
+                   f"{_pct(s.zd):.2f}%", " ".join(str(c) for c in s.top_channels[:4])]
+
+
+EXPERT_CSV_FIELDS = ["expert", "tokens", "share", "status", "sum", "min", "max", "mean", "std", "active", "n",
+                     "entropy", "entropy_norm", "zd", "skewness", "kurtosis", "dead_channels", "top_channels"]
+
+
+def format_expert_csv(rows: list[ExpertRow]) -> str:
+    """One CSV row per expert (empty statistics for a dead expert)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPERT_CSV_FIELDS)
+    for r in rows:
+        d = r.to_dict()
+        cells = []
+        for f in EXPERT_CSV_FIELDS:
+            v = d.get(f)
+            cells.append("" if v is None else " ".join(map(str, v)) if isinstance(v, list)
+                         else repr(v) if isinstance(v, float) else v)
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def format_expert_table(name: str, rows: list[ExpertRow]) -> str:
+    """Per-expert statistics of one tensor, aligned columns, status marked."""
+    cells = [expert_cells(r) + [r.status if r.status != "ok" else ""] for r in rows]
+    header = EXPERT_COLUMNS + [""]
+    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(len(header))]
+    lines = [f"Experts of {name} ({len(rows)})", ""]
+    lines.append("  ".join(h.rjust(widths[i]) for i, h in enumerate(header)).rstrip())
+    lines.append("=" * len(lines[-1]))
+    for c in cells:
+        lines.append("  ".join(v.rjust(widths[i]) for i, v in enumerate(c)).rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def _notes(report: StatsReport) -> list[str]:
@@ -132,9 +234,12 @@ def _tensor_json(t: TensorStats) -> dict[str, Any]:
     return out
 
 
-def format_json(report: StatsReport, *, sort: str | None = None, reverse: bool = False) -> str:
+def format_json(report: StatsReport, *, sort: str | None = None, reverse: bool = False,
+                coverage: Coverage | None = None) -> str:
     data = report.to_dict()
     data["tensors"] = [_tensor_json(t) for t in sort_tensors(report.tensors, sort, reverse)]
+    if coverage is not None and coverage.is_moe:
+        data["experts"] = coverage.to_dict()
     return json.dumps(_clean(data), indent=1, ensure_ascii=False) + "\n"
 
 

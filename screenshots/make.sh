@@ -11,8 +11,12 @@ shot layers $F/smollm2-prose.imatrix.gguf --view layers --size 120x40
 shot detail $F/smollm2-prose.imatrix.gguf --view detail --size 120x40
 shot diff $F/smollm2-prose.imatrix.gguf --view diff --diff-with $F/smollm2-code.imatrix.gguf --size 120x40
 shot narrow-80x24 $F/smollm2-prose.imatrix.gguf --view table --size 80x24
+shot moe-experts-deepseek-tiny-80x24 $F/moe/deepseekv3-tiny.imatrix.gguf --view experts --size 80x24
+shot moe-experts-deepseek-tiny-200x60 $F/moe/deepseekv3-tiny.imatrix.gguf --view experts --size 200x60
 if [ -f /tmp/imatui-bench/deepseek.imatrix.gguf ]; then
     shot moe-layers /tmp/imatui-bench/deepseek.imatrix.gguf --view layers --size 120x40
+    shot moe-experts-80x24 /tmp/imatui-bench/deepseek.imatrix.gguf --view experts --size 80x24
+    shot moe-experts-200x60 /tmp/imatui-bench/deepseek.imatrix.gguf --view experts --size 200x60
 fi
 if command -v rsvg-convert >/dev/null; then
     for svg in screenshots/*.svg; do

@@ -22,6 +22,7 @@ import numpy as np
 
 from imatui.imatrix import Entry, Imatrix
 from imatui.stats import engine
+from imatui.stats.experts import SlowExpert, routing_counts, slowest_experts
 
 MOST_MOVED = 5
 MIN_STEP_SECONDS = 1.0
@@ -100,6 +101,7 @@ class Checkpoint:
     time: float | None  # seconds since the epoch (file mtime), None when unknown
     means: dict[str, np.ndarray] = field(repr=False)
     label: str = ""
+    expert_counts: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # MoE: per layer
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Step:
     min_tensor: str | None
     most_moved: list[tuple[str, float]]  # lowest cosine first
     seconds: float | None  # time between the two checkpoints
+    slowest_experts: list[SlowExpert] = field(default_factory=list)  # MoE: fewest tokens gained first
 
     @property
     def chunks_per_minute(self) -> float | None:
@@ -146,6 +149,7 @@ def compare(prev: Checkpoint, new: Checkpoint, most_moved: int = MOST_MOVED) -> 
         min_tensor=ranked[0][0] if ranked else None,
         most_moved=ranked[:most_moved],
         seconds=seconds,
+        slowest_experts=slowest_experts(prev.expert_counts, new.expert_counts, most_moved),
     )
 
 
@@ -201,7 +205,8 @@ class ConvergenceSeries:
             except OSError:
                 when = None
         return self.add_checkpoint(Checkpoint(int(imatrix.chunk_count), when, channel_means(imatrix, cancelled),
-                                              label or (imatrix.path.name if imatrix.path else "")))
+                                              label or (imatrix.path.name if imatrix.path else ""),
+                                              routing_counts(imatrix)))
 
     @property
     def last(self) -> Checkpoint | None:

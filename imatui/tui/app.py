@@ -25,6 +25,7 @@ from imatui.tui.messages import (ChannelsReady, ChannelsUnavailable, DataLoaded,
                                  LiveStateChanged, LoadFailed, LoadProgress, LoadWriting, SeriesChanged)
 from imatui.tui.open_file import OpenFile
 from imatui.tui.screens.diff import DiffScreen
+from imatui.tui.screens.experts import ExpertsScreen
 from imatui.tui.screens.help import HelpScreen
 from imatui.tui.screens.main import MainScreen
 from imatui.tui.screenshot import save_or_deliver
@@ -98,6 +99,9 @@ class ImatuiApp(App[None]):
     def on_data_loaded(self, message: DataLoaded) -> None:
         if self._main_alive:
             self.main.data_loaded(message)
+            for screen in self.screen_stack:
+                if isinstance(screen, ExpertsScreen) and message.path == self.main.shown_path:
+                    screen.update_data(message.imatrix, message.report)  # a live collection: experts light up
 
     def on_load_failed(self, message: LoadFailed) -> None:
         self.load_errors.append(message.message)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
-VIEWS = ("table", "layers", "detail", "diff")
+VIEWS = ("table", "layers", "detail", "diff", "experts")
 
 
 async def _render(path: str, out: Path, size: tuple[int, int], view: str, diff_with: str | None) -> None:
@@ -23,12 +24,30 @@ async def _render(path: str, out: Path, size: tuple[int, int], view: str, diff_w
         await pilot.pause()
         await app.wait_for_data()  # the detail pane's channel reader
         await pilot.pause()
+        if view == "experts":
+            await _show_experts(app, pilot)
         failures.extend(app.load_errors)
         app.save_screenshot(filename=out.name, path=str(out.parent or Path(".")))
     if failures:
         from imatui.errors import ImatrixError
 
         raise ImatrixError(failures[0])
+
+
+async def _show_experts(app, pilot) -> None:
+    """The expert map, with its cursor's expert read and drawn."""
+    from imatui.errors import ImatrixError
+    from imatui.tui.screens.experts import ExpertsScreen
+
+    if not app.check_action("experts", ()):
+        raise ImatrixError(f"{app.current_path}: no expert tensors (--view experts is for MoE files)")
+    app.action_experts()
+    for _ in range(2000):
+        screen = app.screen
+        if isinstance(screen, ExpertsScreen) and screen.detail is not None:
+            break
+        await asyncio.sleep(0.01)
+    await pilot.pause()
 
 
 def render_screenshot(path: str | Path, out_svg: str | Path, size: tuple[int, int] = (120, 40),
@@ -45,5 +64,8 @@ def render_screenshot(path: str | Path, out_svg: str | Path, size: tuple[int, in
     if diff_with:
         load(diff_with)
     out = Path(out_svg)
+    # plotext sizes its figures no larger than the terminal it believes it runs in (shutil's
+    # get_terminal_size: COLUMNS and LINES, else 80x24); headless, that is the screenshot's size
+    os.environ["COLUMNS"], os.environ["LINES"] = str(size[0]), str(size[1])
     asyncio.run(_render(str(path), out, size, view, diff_with))
     return out

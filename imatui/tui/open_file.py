@@ -30,6 +30,7 @@ from imatui.live.follow import Deleted, Failed, Loaded, SnapshotAdded, Waiting, 
 from imatui.live.series import snapshot_family
 from imatui.live.state import LiveClock, LiveState
 from imatui.stats.convergence import Checkpoint, ConvergenceSeries, Step, channel_means
+from imatui.stats.experts import routing_counts
 import imatui.stats.tensor as tensor_stats
 from imatui.tui.messages import (
     ChannelsReady,
@@ -243,7 +244,8 @@ class OpenFile:
         means = await asyncio.to_thread(channel_means, event.imatrix)
         if series is not self.series:
             return None  # another file followed meanwhile: its own series
-        return series.add_checkpoint(Checkpoint(int(event.imatrix.chunk_count), event.mtime, means, event.path.name))
+        return series.add_checkpoint(Checkpoint(int(event.imatrix.chunk_count), event.mtime, means,
+                                                event.path.name, routing_counts(event.imatrix)))
 
     async def _add_snapshot(self, snap: Path, series: ConvergenceSeries) -> None:
         """A snapshot is often noticed while llama-imatrix is still writing it: try a few times. The
@@ -257,7 +259,8 @@ class OpenFile:
                 if outcome.kind in ("loaded", "lazy") and outcome.imatrix is not None:
                     means = await asyncio.to_thread(channel_means, outcome.imatrix)
                     if series is self.series and series.insert_checkpoint(
-                            Checkpoint(outcome.imatrix.chunk_count, outcome.mtime, means, snap.name)):
+                            Checkpoint(outcome.imatrix.chunk_count, outcome.mtime, means, snap.name,
+                                       routing_counts(outcome.imatrix))):
                         self._series_changed(None)
                     return
             except Exception as exc:  # noqa: BLE001 - a broken snapshot is said, the series goes on

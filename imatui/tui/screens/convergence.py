@@ -154,9 +154,13 @@ class ConvergenceScreen(Screen[str | None]):
                 Text("no step yet: the series needs two checkpoints of the same collection", style="dim"))
             return
         step = steps[index]
-        self.query_one("#conv-moved", Static).update(Text.assemble(
-            (f"moved most, {step.from_chunks}→{step.to_chunks} chunks", "bold"),
-            ("   Enter: show it in the table", "dim")))
+        moved = Text.assemble((f"moved most, {step.from_chunks}→{step.to_chunks} chunks", "bold"),
+                              ("   Enter: show it in the table", "dim"))
+        if step.slowest_experts:  # MoE: the experts that gained the fewest tokens in this step
+            moved.append("\nslowest experts: ", style="bold")
+            moved.append(" · ".join(f"blk.{s.layer} e{s.expert} +{s.gained} ({s.tokens} tokens)"
+                                    for s in step.slowest_experts))
+        self.query_one("#conv-moved", Static).update(moved)
         for name, cos in step.most_moved:
             movers.add_row(Text(name, style="bold red" if cos < MOVED else "bold"), _cos_text(cos, 5),
                            f"{1 - cos:.2e}", key=name)

@@ -31,10 +31,12 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
+from imatui.diff_printers import (channel_label, expert_diff_line, fmt_num, fmt_shift, fmt_sum, header_lines,
+                                  sort_rows)
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+from imatui.stats.experts import TensorExpertDiff, diff_tensor_experts
 from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
 
 MODES = ("A", "B", "Δ")
@@ -68,6 +70,13 @@ class DiffFailed(Message):
 @dataclass
 class DiffRewritten(Message):
     name: str  # the tensor whose channels could not be read: its file changed under the lazy reader
+
+
+@dataclass
+class DiffExperts(Message):
+    """A MoE tensor compared expert by expert (imatui.stats.experts), for the detail title."""
+
+    diff: TensorExpertDiff
 
 
 @dataclass
@@ -508,6 +517,7 @@ class DiffScreen(Screen):
         self.filter_error: str | None = None  # the filter looked like a regex but is not one
         self.shown: list[TensorDiff] = []  # rows in table order
         self.selected: str | None = None
+        self._detail_text: Text | None = None  # the detail title before the experts line
 
     # --- layout -----------------------------------------------------------------------------------
 
@@ -578,9 +588,34 @@ class DiffScreen(Screen):
         if not get_current_worker().is_cancelled:
             self.post_message(DiffChannels(pair))
 
+    @work(thread=True, exclusive=True, group="diff-experts", exit_on_error=False, description="experts")
+    def _read_experts(self, name: str) -> None:
+        a, b = self.a, self.b
+        ea = None if a is None else a.entries.get(name)
+        eb = None if b is None else b.entries.get(name)
+        if ea is None or eb is None or ea.n_mat < 2 or ea.shape != eb.shape:
+            return
+        try:
+            diff = diff_tensor_experts(ea, eb)
+        except TruncatedError:
+            return  # being rewritten: _read_channels says so
+        except ImatrixError as exc:
+            self.post_message(DiffFailed(str(exc)))
+            return
+        if not get_current_worker().is_cancelled:
+            self.post_message(DiffExperts(diff))
+
+    @on(DiffExperts)
+    def _on_experts(self, message: DiffExperts) -> None:
+        if message.diff.name != self.selected or self._detail_text is None:
+            return
+        text = self._detail_text.copy()
+        text.append("\n" + expert_diff_line(message.diff), style="dim")
+        self.query_one("#diff-detail-title", Static).update(text)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # anything the workers did not expect: say so, keep the app running
-        if event.state == WorkerState.ERROR and event.worker.group in ("diff", "diff-detail"):
+        if event.state == WorkerState.ERROR and event.worker.group in ("diff", "diff-detail", "diff-experts"):
             self._failed(f"{type(event.worker.error).__name__}: {event.worker.error}")
 
     @on(DiffProgress)
@@ -777,7 +812,10 @@ class DiffScreen(Screen):
         else:
             text.append(f"  not comparable: {t.reason}", style="yellow")
         title.update(text)
+        self._detail_text = text
         self._read_channels(t.name)
+        if t.comparable and (t.shape_a or (1, 0))[0] > 1:
+            self._read_experts(t.name)  # MoE: a line comparing the experts, when read
 
     def _plot(self, pair: ChannelPair) -> None:
         self.query_one(OverlayPlot).show(pair, self.mode, ("A", "B"))

@@ -22,6 +22,7 @@ from textual.widgets import ContentSwitcher, DataTable, DirectoryTree, Footer, I
 from imatui.imatrix import Imatrix
 from imatui.live.series import OpenPlan
 from imatui.stats.tensor import StatsReport
+from imatui.tui.screens.experts import ExpertsScreen
 from imatui.tui.messages import ChannelsReady, ChannelsUnavailable, DataLoaded, LoadFailed, LoadProgress
 from imatui.tui.open_file import OpenFile
 from imatui.tui.screens.convergence import ConvergenceScreen
@@ -79,6 +80,8 @@ class MainScreen(Screen):
         Binding("d", "diff", "Diff", id="diff", tooltip="diff with the file selected in the browser"),
         Binding("c", "convergence", "Converge", show=False, id="convergence",
                 tooltip="convergence over the checkpoints of a running collection or of snapshot files"),
+        Binding("x", "experts", "Experts", id="experts",
+                tooltip="MoE: the expert map, layer × expert (dead and rare experts, coverage)"),
     ]
 
     view: reactive[str] = reactive("all")
@@ -217,6 +220,7 @@ class MainScreen(Screen):
         self._select(self.tensor_table.selected_key, force=True)
         if self.current_table == "layers":
             self._show_layer(self.layer_table.selected_key)
+        self.refresh_bindings()  # the experts key shows for MoE files
 
     def writing(self, path: str) -> None:
         """An empty or half-written file: no error, it opens when complete."""
@@ -473,6 +477,21 @@ class MainScreen(Screen):
             self.show_browser(True)
             return
         self.app.push_screen(DiffScreen(self.shown_path, str(other), chunk_size=self.open_file.chunk_size))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "experts":  # shown (and active) only for a file with expert tensors
+            return self.imatrix is not None and any(e.n_mat > 1 for e in self.imatrix.entries.values())
+        return True
+
+    def action_experts(self) -> None:
+        if self.imatrix is None:
+            self.notify("open a file first", severity="warning")
+            return
+        if not any(e.n_mat > 1 for e in self.imatrix.entries.values()):
+            self.notify("no expert tensors in this file (a dense model, or a legacy .dat without "
+                        "per-expert counts)", severity="warning")
+            return
+        self.app.push_screen(ExpertsScreen(self.imatrix, self.report))
 
     def action_convergence(self) -> None:
         def chosen(name: str | None) -> None:
