@@ -23,7 +23,7 @@ from imatui.stats import compute_stats
 from imatui.stats.convergence import series_from_files
 from imatui.stats.experts import (RareThreshold, chunks_to_reach, coverage, diff_experts, expert_stats,
                                   expert_table, slowest_experts, sort_experts)
-from imatui.stats.tensor import _tensor_stats
+from tests.stats_reference import _tensor_stats
 
 MOE = Path(__file__).parent / "fixtures" / "moe"
 QWEN = MOE / "qwen3moe-tiny.imatrix.gguf"

@@ -249,7 +249,7 @@ async def test_a_reload_updates_the_map_and_convergence_names_the_slowest_expert
     app = make_app([str(at4), str(MOE / "deepseekv3-tiny.imatrix.gguf.at_8"), str(DEEPSEEK)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _until(pilot, lambda: len(app.watcher.series) == 3)
+        await _until(pilot, lambda: len(app.open_file.series) == 3)
         await pilot.press("x")
         await _until(pilot, lambda: isinstance(app.screen, ExpertsScreen))
         screen = app.screen

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from imatui.errors import CorruptError, ImatrixError
 from imatui.imatrix import Entry, Imatrix, split_name
-from imatui.stats.tensor import TensorStats, _tensor_stats
+from imatui.stats.tensor import TensorStats, compute_stats
 
 RARE_FRACTION = 0.1  # default threshold: below 10% of the layer's mean tokens per expert
 # the order kinds are listed in; any other tensor with several matrices is an expert tensor too
@@ -272,20 +273,41 @@ class ExpertRow:
         return d
 
 
-def expert_stats(entry: Entry, expert: int, sums2: np.ndarray | None = None,
-                 path: str | None = None) -> TensorStats | None:
-    """The statistics of one expert's row, by the stats engine's per-tensor function (as for a
-    dense tensor of n_in channels); None when the expert has no tokens. CosSim does not apply (the
-    experts of two blocks are not the same expert) and is None."""
+def _experts_stats(entry: Entry, experts: list[int], sums2: np.ndarray | None = None,
+                   path: str | None = None, cancelled: Callable[[], bool] | None = None
+                   ) -> dict[int, TensorStats | None]:
+    """The statistics of some experts' rows, each as a dense tensor of n_in channels, by the stats
+    engine itself (compute_stats over a small in-memory imatrix of one entry per expert). CosSim does
+    not apply (the experts of two blocks are not the same expert) and is None."""
     if sums2 is None:
         sums2 = entry.sums2
-    count = np.asarray(entry.counts, dtype=np.float64)[expert: expert + 1]
+    sums2 = np.asarray(sums2)
+    counts = np.asarray(entry.counts, dtype=np.float32)
     sums = entry.sums
-    row_sums = None if sums is None else np.asarray(sums)[expert: expert + 1]
-    ts, _, _ = _tensor_stats(entry.name, np.asarray(sums2)[expert: expert + 1], count, row_sums, None, path)
-    if ts is not None:
-        ts.cossim = None
-    return ts
+    row_sums = None if sums is None else np.asarray(sums)
+    entries: dict[str, Entry] = {}
+    for e in experts:
+        if counts[e] <= 0:
+            continue
+        name = f"{entry.name}:expert{e}"  # its own template: no pairing with another tensor
+        entries[name] = Entry(name, (1, entry.n_in), counts[e: e + 1].copy(), sums2[e: e + 1],
+                              None if row_sums is None else row_sums[e: e + 1])
+    out: dict[int, TensorStats | None] = {e: None for e in experts}
+    if not entries:
+        return out
+    report = compute_stats(Imatrix(entries=entries, path=None if path is None else Path(path)),
+                           cancelled=cancelled)
+    for t in report.tensors:
+        e = int(t.name.rsplit(":expert", 1)[1])
+        t.name, t.cossim = entry.name, None
+        out[e] = t
+    return out
+
+
+def expert_stats(entry: Entry, expert: int, sums2: np.ndarray | None = None,
+                 path: str | None = None) -> TensorStats | None:
+    """The statistics of one expert's row (as for a dense tensor); None when it has no tokens."""
+    return _experts_stats(entry, [expert], sums2, path)[expert]
 
 
 def expert_table(entry: Entry, threshold: RareThreshold | None = None, path: str | None = None,
@@ -295,15 +317,13 @@ def expert_table(entry: Entry, threshold: RareThreshold | None = None, path: str
     counts = np.asarray(entry.counts, dtype=np.float64)
     total = float(counts.sum())
     target = threshold.tokens_for(total / counts.size if counts.size else 0.0)
-    sums2 = np.asarray(entry.sums2)
+    stats = _experts_stats(entry, list(range(entry.n_mat)), None, path, cancelled)
     rows = []
     for e in range(entry.n_mat):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("cancelled")
         c = float(counts[e])
         status = "dead" if c <= 0 else "rare" if c < target else "ok"
         rows.append(ExpertRow(expert=e, tokens=int(c), share=c / total if total else 0.0, status=status,
-                              stats=None if c <= 0 else expert_stats(entry, e, sums2, path)))
+                              stats=stats[e]))
     return rows
 
 
