@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from imatui.tui.svg import save_svg
+
 VIEWS = ("table", "layers", "detail", "diff")
 
 
@@ -24,7 +26,7 @@ async def _render(path: str, out: Path, size: tuple[int, int], view: str, diff_w
         await app.wait_for_data()  # the detail pane's channel reader
         await pilot.pause()
         failures.extend(app.load_errors)
-        app.save_screenshot(filename=out.name, path=str(out.parent or Path(".")))
+        save_svg(app, filename=out.name, path=str(out.parent or Path(".")))
     if failures:
         from imatui.errors import ImatrixError
 

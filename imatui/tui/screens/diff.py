@@ -35,7 +35,9 @@ from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, hea
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+from imatui.tui.widgets.flags import MILD, STRONG, flag_style
 from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
+from imatui.tui.widgets.stats_table import tensor_type_fragment
 
 MODES = ("A", "B", "Δ")
 # plotext draws at most two points per terminal column: more only costs time
@@ -408,6 +410,44 @@ class LayerCaret(Static):
         self.update("".join(line).rstrip() + f" layer {self.at_layer}")
 
 
+class DiffTable(DataTable):
+    """The diff's table: the tensor name stays fixed when it scrolls sideways; Home/End and g/G go to
+    the first and last row; y copies the tensor name."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("home,g", "scroll_top", "Top", show=False, id="diff.top", tooltip="first row"),
+        Binding("end,G", "scroll_bottom", "Bottom", show=False, id="diff.bottom", tooltip="last row"),
+        Binding("y", "copy_name", "Copy", id="diff.copy_name", tooltip="copy the tensor name to the clipboard"),
+        Binding("o", "copy_override", "Copy --tensor-type", show=False, id="diff.copy_override",
+                tooltip="copy a llama-quantize --tensor-type fragment for this tensor"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.fixed_columns = 1
+
+    def _cursor_key(self) -> str | None:
+        if not self.row_count or not 0 <= self.cursor_row < self.row_count:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def _copy(self, text: str, what: str) -> None:
+        self.app.copy_to_clipboard(text)  # OSC 52: works over SSH where the terminal allows it
+        self.notify(text, title=f"copied {what}", timeout=3)
+
+    def action_copy_name(self) -> None:
+        key = self._cursor_key()
+        if key is not None:
+            self._copy(key, "name")
+
+    def action_copy_override(self) -> None:
+        key = self._cursor_key()
+        if key is not None:
+            self._copy(tensor_type_fragment(key), "--tensor-type (edit the type)")
+
+
 # --- palette commands ("diff: …") ----------------------------------------------------------------
 
 class DiffCommands(Provider):
@@ -513,7 +553,7 @@ class DiffScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"A: {self.a_path}\nB: {self.b_path}\nreading both files…"), id="diff-header")
-        yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
+        yield DiffTable(id="diff-table")
         yield Static("", id="diff-status")
         with Horizontal(id="diff-bottom"):
             yield Vertical(Label("1 − cosine per layer (higher: A and B disagree)", classes="title"),
@@ -674,9 +714,10 @@ class DiffScreen(Screen):
         rows = [t for t in self.report.tensors if match(t.name)]
         return sort_rows(rows, column.sort(self.mode), reverse=self.sort_reverse)
 
-    def _populate(self) -> None:
+    def _populate(self, to_top: bool = False) -> None:
         """(Re)fill the table: columns labelled for the current mode, rows sorted and filtered;
-        the cursor stays on the tensor it was on when that tensor is still shown."""
+        the cursor stays on the tensor it was on when that tensor is still shown. With to_top (a new
+        sort) the view shows the top of the new order, not the cursor's neighbourhood."""
         table = self.query_one(DataTable)
         keep = self._cursor_name()
         self.shown = self._visible()
@@ -692,10 +733,12 @@ class DiffScreen(Screen):
                 cells = [self._styled(col, t) for col in COLUMNS]
                 table.add_row(*cells, key=t.name)
         names = [t.name for t in self.shown]
-        if keep in names:
-            table.move_cursor(row=names.index(keep), animate=False)
-        elif names:
-            table.move_cursor(row=0, animate=False)
+        row = names.index(keep) if keep in names else 0
+        if names:
+            table.move_cursor(row=row, animate=False, scroll=not to_top)
+            if to_top:
+                # after the cursor watcher's own scroll-into-view, which also waits for the refresh
+                table.call_after_refresh(table.scroll_to, x=0, y=0, animate=False, immediate=True)
         self._update_status()
         if not names:
             self.selected = None
@@ -714,7 +757,7 @@ class DiffScreen(Screen):
             return Text(text, style="italic yellow")
         style = ""
         if col.key == "cossim" and t.cossim is not None:
-            style = "bold red" if t.cossim < 0.5 else "yellow" if t.cossim < 0.9 else ""
+            style = flag_style(self.app, STRONG if t.cossim < 0.5 else MILD if t.cossim < 0.9 else 0)
         return Text(text, style=style, justify="right")
 
     def _update_status(self) -> None:
@@ -755,7 +798,7 @@ class DiffScreen(Screen):
             self.sort_reverse = not self.sort_reverse
         else:
             self.sort_column, self.sort_reverse = key, False
-        self._populate()
+        self._populate(to_top=True)
 
     # --- the detail pane --------------------------------------------------------------------------
 
@@ -834,20 +877,20 @@ class DiffScreen(Screen):
             return
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
         self.sort_column, self.sort_reverse = SORTABLE[(i + step) % len(SORTABLE)], False
-        self._populate()
+        self._populate(to_top=True)
 
     def sort_by(self, key: str) -> None:
         """Sort by a column (a COLUMNS key) in its natural direction."""
         if self.report is None or key not in SORTABLE:
             return
         self.sort_column, self.sort_reverse = key, False
-        self._populate()
+        self._populate(to_top=True)
 
     def action_reverse_sort(self) -> None:
         if self.report is None:
             return
         self.sort_reverse = not self.sort_reverse
-        self._populate()
+        self._populate(to_top=True)
 
     def action_filter(self) -> None:
         box = self.query_one("#diff-filter", Input)
