@@ -31,7 +31,8 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, header_lines, sort_rows
+from imatui import numfmt
+from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, fmt_value, header_lines, sort_rows
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
@@ -90,15 +91,9 @@ def _top_delta(t: TensorDiff) -> float | None:
     return None if t.top_value_a is None or t.top_value_b is None else t.top_value_b - t.top_value_a
 
 
-def _signed(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, "+" + spec)
-
-
-def _signed_sum(value: float | None) -> str:
-    """A Σ difference, with the two decimals of the Σ columns where they say something."""
-    if value is None:
-        return "-"
-    return f"{value:+.2f}" if 1e-2 <= abs(value) < 1e6 else f"{value:+.4g}"
+# differences read as the quantity does, with a sign (imatui.numfmt)
+_signed = numfmt.signed(numfmt.value)
+_signed_sum = numfmt.signed(numfmt.sum2)
 
 
 @dataclass(frozen=True)
@@ -131,7 +126,7 @@ COLUMNS: list[Column] = [
     Column("channel", ("Top ch",) * 3, ("top_channel",) * 3,
            (channel_label,)),
     Column("top", ("Top A", "Top B", "Top B−A"), ("top_value_a", "top_value_b", "top_delta"),
-           (lambda t: fmt_num(t.top_value_a), lambda t: fmt_num(t.top_value_b),
+           (lambda t: fmt_value(t.top_value_a), lambda t: fmt_value(t.top_value_b),
             lambda t: _signed(_top_delta(t)))),
     Column("note", ("Note",) * 3, ("name",) * 3, (lambda t: "" if t.comparable else t.reason or "",)),
 ]
@@ -813,7 +808,7 @@ class DiffScreen(Screen):
         if t.comparable:
             text.append(f"  cos {t.cossim:.4f} · JS {t.js:.4f}\n")
             text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}"
-                        f" · top channel {channel_label(t)}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+                        f" · top channel {channel_label(t)}: {fmt_value(t.top_value_a)} → {fmt_value(t.top_value_b)}"
                         f" ({t.top_share_delta * 100:+.1f} pts of Σ)", style="dim")
             if t.experts_skipped:
                 text.append(f" · {t.experts_skipped} experts without tokens in A or B left out", style="dim")
