@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING, Iterable
 
 from textual.app import SystemCommand
 
-from imatui.tui.widgets.layer_sparklines import METRICS
+from imatui.tui.widgets.layer_sparklines import METRICS, LayerSparklines
+
+SCALES = {"auto": "per-layer bars on a log scale where a row spans a decade or more, else linear",
+          "log": "per-layer bars on a log scale (positive metrics: Σ, μ, Max, σ)",
+          "linear": "per-layer bars on a linear scale"}
+COLUMN_SETS = {"compact": "the tensor table's outlier columns (key a toggles)",
+               "all": "every column of the tensor table (key a toggles)"}
 
 if TYPE_CHECKING:
     from imatui.tui.app import ImatuiApp
@@ -33,6 +39,11 @@ def app_commands(app: "ImatuiApp") -> Iterable[SystemCommand]:
     for metric in METRICS:
         yield SystemCommand(f"metric: {metric.label}", "per-layer sparklines show this metric",
                             lambda k=metric.key: app.set_metric(k))
+    sparklines = app.main_screen.query_one(LayerSparklines)
+    for scale, what in SCALES.items():
+        yield SystemCommand(f"metric: {scale} scale", what, lambda v=scale: sparklines.set_scale(v))
+    for name, what in COLUMN_SETS.items():
+        yield SystemCommand(f"view: {name} columns", what, lambda v=name: table.set_column_set(v))
     yield SystemCommand("diff: with the file selected in the browser",
                         "compare the open file with another, tensor by tensor", app.action_diff)
     yield SystemCommand("view: convergence over the checkpoints",
