@@ -36,6 +36,7 @@ from imatui.diff_printers import channel_label, fmt_num, fmt_shift, fmt_sum, fmt
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+from imatui.tui.widgets.channel_plot import log_axis
 from imatui.tui.widgets.flags import MILD, STRONG, flag_style
 from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
 from imatui.tui.widgets.stats_table import tensor_type_fragment
@@ -244,12 +245,15 @@ class OverlayPlot(Widget):
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
+        positive = min(min(ya), min(yb)) > 0
+        if positive:
+            # log10 on a linear axis with round power-of-ten ticks (plotext's log axis prints 7.8)
+            low, high = min(min(ya), min(yb)), max(max(ya), max(yb))
+            ya, yb = np.log10(ya).tolist(), np.log10(yb).tolist()
+            log_axis(fig, 1, low, high, most=max(2, height // 3))
         # always A first: each side keeps its colour whichever values the table shows
         for xs, ys, label in ((xa, ya, self.labels[0]), (xb, yb, self.labels[1])):
             self._series(fig, xs, ys, label)
-        positive = min(min(ya), min(yb)) > 0
-        if positive:
-            fig.ruler(1).scale("log")
         title = "mean importance per channel" + (", log" if positive else "")
         if pair.a.shape != pair.b.shape:
             title = "shapes differ: each on its own channels"
@@ -414,7 +418,8 @@ class DiffTable(DataTable):
         Binding("k", "cursor_up", "Up", show=False),
         Binding("home,g", "scroll_top", "Top", show=False, id="diff.top", tooltip="first row"),
         Binding("end,G", "scroll_bottom", "Bottom", show=False, id="diff.bottom", tooltip="last row"),
-        Binding("y", "copy_name", "Copy", id="diff.copy_name", tooltip="copy the tensor name to the clipboard"),
+        Binding("y", "copy_name", "Copy", show=False, id="diff.copy_name",
+                tooltip="copy the tensor name to the clipboard"),
         Binding("o", "copy_override", "Copy --tensor-type", show=False, id="diff.copy_override",
                 tooltip="copy a llama-quantize --tensor-type fragment for this tensor"),
     ]

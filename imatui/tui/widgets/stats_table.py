@@ -184,9 +184,11 @@ class StatsTable(DataTable, Generic[T]):
         # first / last row (DataTable's own Home/End scroll sideways)
         Binding("home,g", "scroll_top", "Top", show=False, id="table.top", tooltip="first row"),
         Binding("end,G", "scroll_bottom", "Bottom", show=False, id="table.bottom", tooltip="last row"),
-        Binding("a", "toggle_columns", "Columns", id="table.columns",
+        # not in the footer: at 80 columns it holds the app's keys up to "q Quit" and no more
+        Binding("a", "toggle_columns", "Columns", show=False, id="table.columns",
                 tooltip="compact columns (the outliers) / all columns"),
-        Binding("y", "copy_name", "Copy", id="table.copy_name", tooltip="copy the tensor name to the clipboard"),
+        Binding("y", "copy_name", "Copy", show=False, id="table.copy_name",
+                tooltip="copy the tensor name to the clipboard"),
         Binding("Y", "copy_row", "Copy row", show=False, id="table.copy_row",
                 tooltip="copy the row as shown (tab separated, with the column names)"),
         Binding("o", "copy_override", "Copy --tensor-type", show=False, id="table.copy_override",
