@@ -219,6 +219,8 @@ def test_geometry_and_heights():
     assert len(set(linear[1:])) == 1 and len(set(log[1:])) >= 4
     # a missing layer has no bar, the lowest present value has one
     assert bar_heights([None, 2.0, 4.0], 8, False) == [None, 1, 8]
+    # 64.00 in every layer but for float noise (RMS-normed inputs): flat, not a full-height swing
+    assert bar_heights([64.0, 63.99, 64.0, None], 8, False) == [4, 4, 4, None]
 
 
 async def test_sparklines_log_missing_layers_folding_and_marker(tmp_path):

@@ -40,6 +40,7 @@ BARS = " ▁▂▃▄▅▆▇█"
 SCALES = ("auto", "log", "linear")
 # "auto" turns logarithmic when a row's largest value is this many times its smallest
 LOG_RATIO = 10.0
+FLAT = 1e-3  # a row whose values all lie within this share of its largest is drawn flat
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,16 @@ def bar_heights(values: Sequence[float | None], levels: int, log: bool) -> list[
         return math.log10(v) if log else v
 
     lo, hi = t(min(present)), t(max(present))
+    # within 0.1% of each other (RMS-normed inputs all read Σ = 64.00): flat, not the full height
+    # of a float-noise difference
+    flat = max(present) - min(present) <= FLAT * max(abs(max(present)), abs(min(present)))
     out: list[int | None] = []
     for v in values:
         if v is None or not math.isfinite(v):
             out.append(None)
         elif log and v <= 0:
             out.append(1)  # nothing below zero on a log axis: the floor
-        elif hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        elif flat:
             out.append(max(1, levels // 2))  # a flat row: half height
         else:
             out.append(1 + round((t(v) - lo) / (hi - lo) * (levels - 1)))
