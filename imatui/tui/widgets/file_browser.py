@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from textual.widgets._tree import TreeNode
 
 from imatui.errors import ImatrixError
 from imatui.formats import is_imatrix_file, load
+from imatui.formats.detect import detect_format
 
 _CANDIDATE = re.compile(r"(\.gguf|\.dat|\.at_\d+)$", re.IGNORECASE)
 
@@ -76,12 +78,32 @@ def chunk_count(path: Path) -> int | None:
         if key in _chunks:
             return _chunks[key]
     try:
-        count: int | None = load(path).chunk_count
+        count = _gguf_chunk_count(path)
+        if count is None and detect_format(path) == "dat":
+            count = load(path).chunk_count  # at the end of a .dat, after every entry
     except (ImatrixError, OSError, ValueError):
         count = None
     with _cache_lock:
         _chunks[key] = count
     return count
+
+
+_CHUNK_KEY = b"imatrix.chunk_count"
+
+
+def _gguf_chunk_count(path: Path) -> int | None:
+    """imatrix.chunk_count from a GGUF's first bytes: llama-imatrix writes its imatrix.* keys right
+    after general.type, and the key is followed by its type (4: uint32) and value. Parsing the whole
+    header (gguf-py, ~0.1 s for a small file) a second time per file made listing a folder crawl."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.startswith(b"GGUF"):
+        return None
+    at = head.find(_CHUNK_KEY)
+    if at < 0 or len(head) < at + len(_CHUNK_KEY) + 8:
+        return None
+    vtype, value = struct.unpack_from("<II", head, at + len(_CHUNK_KEY))
+    return value if vtype == 4 else None
 
 
 def cached_chunk_count(path: Path) -> int | None:
