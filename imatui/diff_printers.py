@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, Callable, Iterable
 
+from imatui import numfmt
 from imatui.errors import ImatrixError
 from imatui.stats.diff import DiffReport, TensorDiff
 from imatui.stats.experts import TensorExpertDiff
@@ -107,9 +108,13 @@ def fmt_num(value: float | None, spec: str = ".4g") -> str:
 
 
 def fmt_sum(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e6 else f"{value:.2f}"
+    """A Σ(Act²) as every view shows it (imatui.numfmt)."""
+    return numfmt.sum2(value)
+
+
+def fmt_value(value: float | None) -> str:
+    """One channel's value (a top channel) as every view shows it (imatui.numfmt)."""
+    return numfmt.value(value)
 
 
 def fmt_shift(value: int | None) -> str:
@@ -129,7 +134,7 @@ def channel_label(t: TensorDiff) -> str:
 def fmt_top(t: TensorDiff) -> str:
     if t.top_channel is None:
         return ""
-    return f"{channel_label(t)}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+    return f"{channel_label(t)}: {fmt_value(t.top_value_a)} → {fmt_value(t.top_value_b)}"
 
 
 def _datasets(ds: list[str]) -> str:

@@ -10,10 +10,9 @@ import csv
 import io
 import json
 import math
-
-import numpy as np
 from typing import Any, Iterable
 
+from imatui import numfmt
 from imatui.stats.experts import Coverage, ExpertRow
 from imatui.stats.tensor import StatsReport, TensorStats
 
@@ -53,9 +52,7 @@ def _f(fmt: str, value: float | None, width: int) -> str:
     return " " * width if value is None else fmt % value
 
 
-def _pct(fraction: float) -> float:
-    """100 * fraction, rounded through float32 as llama.cpp computes it (the last digit depends on it)."""
-    return float(np.float32(100.0) * np.float32(fraction))
+_pct = numfmt.pct  # 100 * fraction through float32, as llama.cpp rounds it
 
 
 def tensor_row(t: TensorStats) -> str:

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from imatui.cli import main
 from imatui.collect.run import KEY_SIMILARITY, KEY_SIMILARITY_TOKENS, Totals
@@ -19,7 +19,7 @@ from imatui.formats import load
 from imatui.formats.write import save
 from imatui.stats import compute_stats
 from imatui.tui.app import make_app
-from imatui.tui.widgets.layer_sparklines import SIM_LABEL, LayerSparklines
+from imatui.tui.widgets.layer_sparklines import SIM_LABEL, LayerBars, LayerSparklines
 
 from conftest import FIXTURES
 
@@ -104,13 +104,13 @@ async def test_app_shows_row_and_column(sim_file):
         await pilot.pause()
         sparklines = app.query_one(LayerSparklines)
         labels = _row_labels(sparklines)
-        assert labels[-1] == SIM_LABEL and len(labels) == 8  # 7 kinds, then layer sim
+        assert labels[-1] == SIM_LABEL and len(labels) == 5  # 7 kinds in 4 rows, then layer sim
         sim_row = list(sparklines.query(".spark-row"))[-1]
-        assert list(sim_row.query_one(Sparkline).data) == SIMS
+        assert list(sim_row.query_one(LayerBars).data) == SIMS
         # same x axis as the kinds' rows
-        kind_spark = list(sparklines.query(".spark-row"))[0].query_one(Sparkline)
-        assert sim_row.query_one(Sparkline).region.x == kind_spark.region.x
-        assert sim_row.query_one(Sparkline).region.width == kind_spark.region.width
+        kind_spark = list(sparklines.query(".spark-row"))[0].query_one(LayerBars)
+        assert sim_row.query_one(LayerBars).region.x == kind_spark.region.x
+        assert sim_row.query_one(LayerBars).region.width == kind_spark.region.width
 
         await pilot.press("t")  # the layer table; the marker follows its cursor
         layers = app.layer_table
@@ -124,7 +124,7 @@ async def test_app_shows_row_and_column(sim_file):
         # the value beside the row stays a cosine whatever the metric
         await pilot.press("m")
         assert sparklines.values_at_selected_layer()[SIM_LABEL] == "0.8984"
-        assert list(sim_row.query_one(Sparkline).data) == SIMS
+        assert list(sim_row.query_one(LayerBars).data) == SIMS
 
 
 async def test_app_without_it_shows_neither():
@@ -134,7 +134,7 @@ async def test_app_without_it_shows_neither():
         await pilot.pause()
         sparklines = app.query_one(LayerSparklines)
         labels = _row_labels(sparklines)
-        assert SIM_LABEL not in labels and len(labels) == 7
+        assert SIM_LABEL not in labels and len(labels) == 4  # attn_k/q/v, attn_output, ffn_down, ffn_gate/up
         assert SIM_LABEL not in sparklines.values_at_selected_layer()
         await pilot.press("t")
         assert "layer_similarity" not in [c.key for c in app.layer_table.spec]

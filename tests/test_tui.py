@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from textual.widgets import ContentSwitcher, Input, Sparkline
+from textual.widgets import ContentSwitcher, Input
 
 from imatui.formats import load
 from imatui.formats.write import save
@@ -25,7 +25,7 @@ from imatui.tui.messages import DataLoaded
 from imatui.tui.widgets.channel_plot import DetailPane, PlotView
 from imatui.tui.widgets.file_browser import ImatrixTree
 from imatui.tui.widgets.info_bar import InfoBar
-from imatui.tui.widgets.layer_sparklines import LayerMarker, LayerSparklines, layer_columns
+from imatui.tui.widgets.layer_sparklines import LayerBars, LayerMarker, LayerSparklines, layer_columns
 
 from conftest import FIXTURES
 
@@ -49,8 +49,9 @@ async def test_table_matches_stats(prose_report):
         await pilot.pause()
         table = app.tensor_table
         assert table.row_count == 210
-        # llama's order (kind, then Σ descending) until the user sorts
-        assert table.shown_keys == [t.name for t in prose_report.tensors]
+        # the outliers first: Σ descending until the user sorts (llama's order is `S` away: Kind)
+        assert table.shown_keys == [t.name for t in sorted(prose_report.tensors, key=lambda t: -t.sum)]
+        await pilot.press("a")  # every column
         for t in prose_report.tensors[::17]:
             assert table.cell_text(t.name, "sum") == "%.2f" % t.sum
             assert table.cell_text(t.name, "max") == "%.4f" % t.max
@@ -71,18 +72,17 @@ async def test_sort_reverse_and_header_click(prose_report):
     async with app.run_test(size=SIZE) as pilot:
         await app.wait_for_data()
         table = app.tensor_table
-        await pilot.press("s")  # kind -> Σ
-        assert table.sort_column == "sum"
+        assert table.sort_column == "sum"  # the default
         by_sum = sorted(prose_report.tensors, key=lambda t: t.sum, reverse=True)
         assert table.shown_keys[:3] == [t.name for t in by_sum[:3]]
         assert str(table.columns["sum"].label).endswith("▼")
         await pilot.press("r")
         assert table.shown_keys[0] == by_sum[-1].name
         assert str(table.columns["sum"].label).endswith("▲")
-        await pilot.press("S", "S")  # back past Σ to layer
+        await pilot.press("S", "S")  # back past Kind to Layer
         assert table.sort_column == "layer"
         # clicking the Max header sorts by Max, descending
-        x = sum(table.columns[k].get_render_width(table) for k in ("layer", "kind", "sum", "min")) + 2
+        x = sum(table.columns[k].get_render_width(table) for k in ("layer", "kind", "sum")) + 2
         await pilot.click("#tensors", offset=(x, 0))
         await pilot.pause()
         assert table.sort_column == "max"
@@ -140,7 +140,7 @@ async def test_cursor_moves_detail_and_layer_marker(prose_report):
         await pilot.press("down", "down")
         await app.wait_for_data()
         await pilot.pause()
-        second = prose_report.tensors[2]
+        second = prose_report.tensor(app.tensor_table.shown_keys[2])
         assert app.selected_name == second.name
         detail = app.query_one(DetailPane)
         assert second.name in detail.query_one("#detail-title").render().plain
@@ -152,16 +152,18 @@ async def test_cursor_moves_detail_and_layer_marker(prose_report):
         plot = detail.query_one("#plot-sorted", PlotView).render().plain
         assert "channels sorted" in plot and "┌" in plot
         await pilot.press("j")  # vim alias
-        assert app.selected_name == prose_report.tensors[3].name
+        assert app.selected_name == app.tensor_table.shown_keys[3]
 
 
-def test_layer_columns_match_sparkline_bucketing():
-    # 30 layers over 34 columns: each layer gets one or two columns, in order, covering all
-    cols = [layer_columns(30, 34, layer) for layer in range(30)]
-    assert all(cols) and sum(len(c) for c in cols) == 34
-    assert [c[0] for c in cols] == sorted(c[0] for c in cols)
-    # more layers than columns: each layer lands in exactly one bucket
+def test_layer_columns_give_every_layer_the_same_cells():
+    # 30 layers over 64 columns: two cells each, in order, 60 columns drawn
+    cols = [layer_columns(30, 64, layer) for layer in range(30)]
+    assert all(len(c) == 2 for c in cols) and cols[0] == [0, 1] and cols[29] == [58, 59]
+    # 30 over 34: one cell each (never one layer with two and its neighbour with one)
+    assert all(len(layer_columns(30, 34, layer)) == 1 for layer in range(30))
+    # more layers than columns: each layer lands in exactly one cell, 4 layers a cell
     assert all(len(layer_columns(61, 20, layer)) == 1 for layer in range(61))
+    assert layer_columns(61, 20, 7) == [1] and layer_columns(61, 20, 60) == [15]
 
 
 async def test_metric_cycle_changes_sparklines(prose_report):
@@ -169,7 +171,7 @@ async def test_metric_cycle_changes_sparklines(prose_report):
     async with app.run_test(size=SIZE) as pilot:
         await app.wait_for_data()
         sparklines = app.query_one(LayerSparklines)
-        first = sparklines.query(Sparkline).first()
+        first = sparklines.query(LayerBars).first()  # attn_k/q/v: one row
         attn_k = {t.layer: t for t in prose_report.tensors if t.kind == "attn_k"}
         assert list(first.data) == [attn_k[i].sum for i in range(30)]
         await pilot.press("m")
@@ -266,7 +268,7 @@ async def test_reload_keeps_cursor_sort_and_filter():
     async with app.run_test(size=SIZE) as pilot:
         await app.wait_for_data()
         table = app.tensor_table
-        await pilot.press("s", "s", "s")  # Σ, Min, Max
+        await pilot.press("s")  # Σ -> Max
         assert table.sort_column == "max"
         app.query_one("#filter", Input).value = "attn"
         await pilot.pause()
@@ -305,7 +307,8 @@ async def test_narrow_terminal_and_views():
         # sorting by a column that is off screen at 80 columns scrolls it into view
         table = app.tensor_table
         assert table.scroll_x == 0
-        await pilot.press("S", "S")  # kind -> layer -> (wrapping back) the last column
+        await pilot.press("a")  # all columns: wider than 80
+        await pilot.press("S", "S", "S")  # Σ -> Kind -> Layer -> (wrapping back) the last column
         await pilot.pause()
         last = list(table.columns)[-1].value
         assert table.sort_column == last and table.scroll_x > 0
@@ -508,7 +511,7 @@ async def test_messages_while_another_screen_is_on_top():
         await app.wait_for_data()
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
-        assert app.tensor_table.sort_column == "kind"
+        assert app.tensor_table.sort_column == "sum"
         assert app.main_screen.query_one(LayerSparklines).metric.key == "sum"
         await pilot.press("escape")
         assert "4 × 512" in _info(app)

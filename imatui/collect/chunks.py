@@ -75,6 +75,14 @@ def make_chunks(tokens: np.ndarray, ctx: int, max_chunks: int | None, add_bos: b
     return Chunks(tokens=tokens, ctx=ctx, n_chunk=n_chunk, add_bos=add_bos, bos_id=bos_id)
 
 
+def shortfall(asked: int | None, chunks: Chunks) -> str | None:
+    """The warning when --chunks asked for more chunks than the text yields (None otherwise)."""
+    if asked is None or asked < 0 or asked <= chunks.n_chunk:
+        return None
+    return (f"warning: --chunks {asked} asked for more than the text holds: {len(chunks.tokens)} tokens "
+            f"make {chunks.n_chunk} chunks of {chunks.ctx}; collecting {chunks.n_chunk}")
+
+
 def text_digest(text: str, ctx: int) -> str:
     """Identifies text + context size, so --resume refuses to continue on a different input."""
     h = hashlib.sha256()

@@ -294,7 +294,7 @@ def _main(argv: list[str]) -> int:
     import torch
 
     from imatui.collect import distributed as D
-    from imatui.collect.chunks import make_chunks, match_llama_pretokenizer, text_digest, tokenize
+    from imatui.collect.chunks import make_chunks, match_llama_pretokenizer, shortfall, text_digest, tokenize
     from imatui.collect.hooks import Collector
 
     device_kind = args.device
@@ -409,6 +409,9 @@ def _main(argv: list[str]) -> int:
     per_step = max(1, args.batch_size // ctx)
     start_done = totals.chunks_done
     if dist.is_main:
+        short = shortfall(args.chunks, chunks)
+        if short is not None:
+            _note(short)
         what = f"{n_chunk} chunks of {ctx} tokens ({len(tokens)} tokens in the text)"
         if start_done:
             what += f", resuming after chunk {start_done}"

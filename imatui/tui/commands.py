@@ -7,7 +7,13 @@ from typing import Iterable
 from textual.app import SystemCommand
 
 from imatui.tui.screens.main import MainScreen
-from imatui.tui.widgets.layer_sparklines import METRICS
+from imatui.tui.widgets.layer_sparklines import METRICS, LayerSparklines
+
+SCALES = {"auto": "per-layer bars on a log scale where a row spans a decade or more, else linear",
+          "log": "per-layer bars on a log scale (positive metrics: Σ, μ, Max, σ)",
+          "linear": "per-layer bars on a linear scale"}
+COLUMN_SETS = {"compact": "the tensor table's outlier columns (key a toggles)",
+               "all": "every column of the tensor table (key a toggles)"}
 
 VIEWS = {"all": "all panes", "table": "table only", "layers": "layers (per-layer table + sparklines)",
          "detail": "detail of the selected tensor"}
@@ -32,6 +38,11 @@ def main_commands(main: MainScreen) -> Iterable[SystemCommand]:
     for metric in METRICS:
         yield SystemCommand(f"metric: {metric.label}", "per-layer sparklines show this metric",
                             lambda k=metric.key: main.set_metric(k))
+    sparklines = main.query_one(LayerSparklines)
+    for scale, what in SCALES.items():
+        yield SystemCommand(f"metric: {scale} scale", what, lambda v=scale: sparklines.set_scale(v))
+    for name, what in COLUMN_SETS.items():
+        yield SystemCommand(f"view: {name} columns", what, lambda v=name: table.set_column_set(v))
     yield SystemCommand("diff: with the file selected in the browser",
                         "compare the open file with another, tensor by tensor", main.action_diff)
     yield SystemCommand("view: convergence over the checkpoints",

@@ -6,6 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
+from imatui.tui.svg import save_svg
+
 VIEWS = ("table", "layers", "detail", "diff", "experts")
 
 
@@ -27,7 +29,7 @@ async def _render(path: str, out: Path, size: tuple[int, int], view: str, diff_w
         if view == "experts":
             await _show_experts(app, pilot)
         failures.extend(app.load_errors)
-        app.save_screenshot(filename=out.name, path=str(out.parent or Path(".")))
+        save_svg(app, filename=out.name, path=str(out.parent or Path(".")))
     if failures:
         from imatui.errors import ImatrixError
 

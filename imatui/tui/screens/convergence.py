@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from imatui.stats.convergence import format_duration, format_rate
+from imatui.tui.widgets.flags import STRONG, flag_style
 
 if TYPE_CHECKING:
     from imatui.tui.open_file import OpenFile
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 MOVED = 0.99
 
 
-def _cos_text(value: float | None, digits: int = 4) -> Text:
+def _cos_text(value: float | None, digits: int = 4, app: App | None = None) -> Text:
+    """A cosine; one below MOVED flagged (bold red, or reverse video under NO_COLOR)."""
     if value is None:
         return Text("–", style="dim")
-    return Text(f"{value:.{digits}f}", style="bold red" if value < MOVED else "")
+    return Text(f"{value:.{digits}f}", style=flag_style(app, STRONG) if value < MOVED else "")
 
 
 class ConvergenceScreen(Screen[str | None]):
@@ -82,6 +84,8 @@ class ConvergenceScreen(Screen[str | None]):
         table = self.query_one("#conv-steps", DataTable)
         table.add_columns("chunks", "min cos", "median cos", "moved most", "chunks/min")
         self.query_one("#conv-movers", DataTable).add_columns("tensor", "cos", "1 − cos")
+        for key_column in (table, self.query_one("#conv-movers", DataTable)):
+            key_column.fixed_columns = 1  # the step / the tensor name stays when scrolled sideways
         self._ready = True
         self.refresh_series()
         self.open_file.series_changed.subscribe(self, lambda _series: self.refresh_series())
@@ -121,16 +125,16 @@ class ConvergenceScreen(Screen[str | None]):
         medians = series.medians()
         self.query_one("#conv-min", Sparkline).data = mins
         self.query_one("#conv-median", Sparkline).data = medians
-        self.query_one("#conv-min-value", Static).update(_cos_text(mins[-1] if mins else None))
-        self.query_one("#conv-median-value", Static).update(_cos_text(medians[-1] if medians else None, 5))
+        self.query_one("#conv-min-value", Static).update(_cos_text(mins[-1] if mins else None, 4, self.app))
+        self.query_one("#conv-median-value", Static).update(_cos_text(medians[-1] if medians else None, 5, self.app))
 
         table = self.query_one("#conv-steps", DataTable)
         table.clear()
         for step in steps:
             table.add_row(
                 f"{step.from_chunks}→{step.to_chunks}",
-                _cos_text(step.min),
-                _cos_text(step.median, 5),
+                _cos_text(step.min, 4, self.app),
+                _cos_text(step.median, 5, self.app),
                 step.min_tensor or "–",
                 format_rate(step.chunks_per_minute),
                 key=f"{step.from_chunks}-{step.to_chunks}",
@@ -162,7 +166,8 @@ class ConvergenceScreen(Screen[str | None]):
                                     for s in step.slowest_experts))
         self.query_one("#conv-moved", Static).update(moved)
         for name, cos in step.most_moved:
-            movers.add_row(Text(name, style="bold red" if cos < MOVED else "bold"), _cos_text(cos, 5),
+            movers.add_row(Text(name, style=flag_style(self.app, STRONG) if cos < MOVED else "bold"),
+                           _cos_text(cos, 5, self.app),
                            f"{1 - cos:.2e}", key=name)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

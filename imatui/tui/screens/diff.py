@@ -31,13 +31,17 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from imatui.diff_printers import (channel_label, expert_diff_line, fmt_num, fmt_shift, fmt_sum, header_lines,
-                                  sort_rows)
+from imatui import numfmt
+from imatui.diff_printers import (channel_label, expert_diff_line, fmt_num, fmt_shift, fmt_sum, fmt_value,
+                                  header_lines, sort_rows)
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
 from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
 from imatui.stats.experts import TensorExpertDiff, diff_tensor_experts
+from imatui.tui.widgets.channel_plot import log_axis
+from imatui.tui.widgets.flags import MILD, STRONG, flag_style
 from imatui.tui.widgets.stats_table import name_matcher  # the main table's filter, same rules
+from imatui.tui.widgets.stats_table import tensor_type_fragment
 
 MODES = ("A", "B", "Δ")
 # plotext draws at most two points per terminal column: more only costs time
@@ -97,15 +101,9 @@ def _top_delta(t: TensorDiff) -> float | None:
     return None if t.top_value_a is None or t.top_value_b is None else t.top_value_b - t.top_value_a
 
 
-def _signed(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, "+" + spec)
-
-
-def _signed_sum(value: float | None) -> str:
-    """A Σ difference, with the two decimals of the Σ columns where they say something."""
-    if value is None:
-        return "-"
-    return f"{value:+.2f}" if 1e-2 <= abs(value) < 1e6 else f"{value:+.4g}"
+# differences read as the quantity does, with a sign (imatui.numfmt)
+_signed = numfmt.signed(numfmt.value)
+_signed_sum = numfmt.signed(numfmt.sum2)
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ COLUMNS: list[Column] = [
     Column("channel", ("Top ch",) * 3, ("top_channel",) * 3,
            (channel_label,)),
     Column("top", ("Top A", "Top B", "Top B−A"), ("top_value_a", "top_value_b", "top_delta"),
-           (lambda t: fmt_num(t.top_value_a), lambda t: fmt_num(t.top_value_b),
+           (lambda t: fmt_value(t.top_value_a), lambda t: fmt_value(t.top_value_b),
             lambda t: _signed(_top_delta(t)))),
     Column("note", ("Note",) * 3, ("name",) * 3, (lambda t: "" if t.comparable else t.reason or "",)),
 ]
@@ -256,12 +254,15 @@ class OverlayPlot(Widget):
             return fig.build().string()
         xa, ya = _bucket(pair.a, n)
         xb, yb = _bucket(pair.b, n)
+        positive = min(min(ya), min(yb)) > 0
+        if positive:
+            # log10 on a linear axis with round power-of-ten ticks (plotext's log axis prints 7.8)
+            low, high = min(min(ya), min(yb)), max(max(ya), max(yb))
+            ya, yb = np.log10(ya).tolist(), np.log10(yb).tolist()
+            log_axis(fig, 1, low, high, most=max(2, height // 3))
         # always A first: each side keeps its colour whichever values the table shows
         for xs, ys, label in ((xa, ya, self.labels[0]), (xb, yb, self.labels[1])):
             self._series(fig, xs, ys, label)
-        positive = min(min(ya), min(yb)) > 0
-        if positive:
-            fig.ruler(1).scale("log")
         title = "mean importance per channel" + (", log" if positive else "")
         if pair.a.shape != pair.b.shape:
             title = "shapes differ: each on its own channels"
@@ -417,6 +418,45 @@ class LayerCaret(Static):
         self.update("".join(line).rstrip() + f" layer {self.at_layer}")
 
 
+class DiffTable(DataTable):
+    """The diff's table: the tensor name stays fixed when it scrolls sideways; Home/End and g/G go to
+    the first and last row; y copies the tensor name."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("home,g", "scroll_top", "Top", show=False, id="diff.top", tooltip="first row"),
+        Binding("end,G", "scroll_bottom", "Bottom", show=False, id="diff.bottom", tooltip="last row"),
+        Binding("y", "copy_name", "Copy", show=False, id="diff.copy_name",
+                tooltip="copy the tensor name to the clipboard"),
+        Binding("o", "copy_override", "Copy --tensor-type", show=False, id="diff.copy_override",
+                tooltip="copy a llama-quantize --tensor-type fragment for this tensor"),
+    ]
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.fixed_columns = 1
+
+    def _cursor_key(self) -> str | None:
+        if not self.row_count or not 0 <= self.cursor_row < self.row_count:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def _copy(self, text: str, what: str) -> None:
+        self.app.copy_to_clipboard(text)  # OSC 52: works over SSH where the terminal allows it
+        self.notify(text, title=f"copied {what}", timeout=3)
+
+    def action_copy_name(self) -> None:
+        key = self._cursor_key()
+        if key is not None:
+            self._copy(key, "name")
+
+    def action_copy_override(self) -> None:
+        key = self._cursor_key()
+        if key is not None:
+            self._copy(tensor_type_fragment(key), "--tensor-type (edit the type)")
+
+
 # --- palette commands ("diff: …") ----------------------------------------------------------------
 
 class DiffCommands(Provider):
@@ -523,7 +563,7 @@ class DiffScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(f"A: {self.a_path}\nB: {self.b_path}\nreading both files…"), id="diff-header")
-        yield DataTable(id="diff-table", cursor_type="row", zebra_stripes=True)
+        yield DiffTable(id="diff-table")
         yield Static("", id="diff-status")
         with Horizontal(id="diff-bottom"):
             yield Vertical(Label("1 − cosine per layer (higher: A and B disagree)", classes="title"),
@@ -709,9 +749,10 @@ class DiffScreen(Screen):
         rows = [t for t in self.report.tensors if match(t.name)]
         return sort_rows(rows, column.sort(self.mode), reverse=self.sort_reverse)
 
-    def _populate(self) -> None:
+    def _populate(self, to_top: bool = False) -> None:
         """(Re)fill the table: columns labelled for the current mode, rows sorted and filtered;
-        the cursor stays on the tensor it was on when that tensor is still shown."""
+        the cursor stays on the tensor it was on when that tensor is still shown. With to_top (a new
+        sort) the view shows the top of the new order, not the cursor's neighbourhood."""
         table = self.query_one(DataTable)
         keep = self._cursor_name()
         self.shown = self._visible()
@@ -727,10 +768,12 @@ class DiffScreen(Screen):
                 cells = [self._styled(col, t) for col in COLUMNS]
                 table.add_row(*cells, key=t.name)
         names = [t.name for t in self.shown]
-        if keep in names:
-            table.move_cursor(row=names.index(keep), animate=False)
-        elif names:
-            table.move_cursor(row=0, animate=False)
+        row = names.index(keep) if keep in names else 0
+        if names:
+            table.move_cursor(row=row, animate=False, scroll=not to_top)
+            if to_top:
+                # after the cursor watcher's own scroll-into-view, which also waits for the refresh
+                table.call_after_refresh(table.scroll_to, x=0, y=0, animate=False, immediate=True)
         self._update_status()
         if not names:
             self.selected = None
@@ -749,7 +792,7 @@ class DiffScreen(Screen):
             return Text(text, style="italic yellow")
         style = ""
         if col.key == "cossim" and t.cossim is not None:
-            style = "bold red" if t.cossim < 0.5 else "yellow" if t.cossim < 0.9 else ""
+            style = flag_style(self.app, STRONG if t.cossim < 0.5 else MILD if t.cossim < 0.9 else 0)
         return Text(text, style=style, justify="right")
 
     def _update_status(self) -> None:
@@ -790,7 +833,7 @@ class DiffScreen(Screen):
             self.sort_reverse = not self.sort_reverse
         else:
             self.sort_column, self.sort_reverse = key, False
-        self._populate()
+        self._populate(to_top=True)
 
     # --- the detail pane --------------------------------------------------------------------------
 
@@ -805,7 +848,7 @@ class DiffScreen(Screen):
         if t.comparable:
             text.append(f"  cos {t.cossim:.4f} · JS {t.js:.4f}\n")
             text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}"
-                        f" · top channel {channel_label(t)}: {fmt_num(t.top_value_a)} → {fmt_num(t.top_value_b)}"
+                        f" · top channel {channel_label(t)}: {fmt_value(t.top_value_a)} → {fmt_value(t.top_value_b)}"
                         f" ({t.top_share_delta * 100:+.1f} pts of Σ)", style="dim")
             if t.experts_skipped:
                 text.append(f" · {t.experts_skipped} experts without tokens in A or B left out", style="dim")
@@ -872,20 +915,20 @@ class DiffScreen(Screen):
             return
         i = SORTABLE.index(self.sort_column) if self.sort_column in SORTABLE else 0
         self.sort_column, self.sort_reverse = SORTABLE[(i + step) % len(SORTABLE)], False
-        self._populate()
+        self._populate(to_top=True)
 
     def sort_by(self, key: str) -> None:
         """Sort by a column (a COLUMNS key) in its natural direction."""
         if self.report is None or key not in SORTABLE:
             return
         self.sort_column, self.sort_reverse = key, False
-        self._populate()
+        self._populate(to_top=True)
 
     def action_reverse_sort(self) -> None:
         if self.report is None:
             return
         self.sort_reverse = not self.sort_reverse
-        self._populate()
+        self._populate(to_top=True)
 
     def action_filter(self) -> None:
         box = self.query_one("#diff-filter", Input)

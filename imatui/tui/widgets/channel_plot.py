@@ -7,6 +7,7 @@ Text.from_ansi, so it redraws whenever Textual re-renders it (on resize too).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
+from imatui import numfmt
 from imatui.stats.tensor import TensorStats
 
 # plotext draws a few hundred points per column at most: more only costs time
@@ -60,6 +62,31 @@ class PlotView(Widget):
         text = Text.from_ansi(fig.build().string(), no_wrap=True)
         self._cache = (key, text)
         return text
+
+
+def log_axis(fig, axis: int, low: float, high: float, most: int = 5) -> None:
+    """Ticks at round powers of ten on an axis that carries log10 of the values."""
+    ticks = numfmt.log_ticks(low, high, most)
+    if ticks:
+        fig.ruler(axis).ticks([math.log10(t) for t in ticks], [numfmt.tick(t) for t in ticks])
+
+
+def channel_axis(fig, axis: int, size: int, width: int) -> None:
+    """Whole channel numbers (plotext would print 2.6e2)."""
+    count = max(2, min(7, (width - 8) // 9))
+    positions = sorted({int(round(x)) for x in np.linspace(0, max(size - 1, 0), count)})
+    fig.ruler(axis).ticks(positions, [str(p) for p in positions])
+
+
+def count_axis(fig, axis: int, top: float, height: int) -> None:
+    """Whole counts, round steps (plotext prints 96.8 tokens)."""
+    if not top or top <= 0:
+        return
+    room = max(2, height // 3)
+    raw = top / room
+    step = next(m * 10 ** e for e in range(0, 12) for m in (1, 2, 5) if m * 10 ** e >= raw)
+    positions = list(range(0, int(top) + 1, step))
+    fig.ruler(axis).ticks(positions, [str(p) for p in positions])
 
 
 def _thin(values: np.ndarray) -> tuple[list[float], list[float]]:
@@ -139,9 +166,8 @@ class DetailPane(Vertical):
         layer = "-" if t.layer is None else str(t.layer)
         shape = f"{t.n_mat}×{t.n_in}" if t.n_mat > 1 else f"{t.n_in}"
         title = Text.assemble((t.name, "bold"), f"  layer {layer} · {shape} · {t.tokens} tokens · ",
-                              ("dead ", "dim"), str(t.dead), ("  skew ", "dim"),
-                              "-" if t.skewness is None else f"{t.skewness:.2f}", ("  kurt ", "dim"),
-                              "-" if t.kurtosis is None else f"{t.kurtosis:.1f}")
+                              ("dead ", "dim"), numfmt.count(t.dead), ("  skew ", "dim"),
+                              numfmt.skewness(t.skewness), ("  kurt ", "dim"), numfmt.kurtosis(t.kurtosis))
         if t.experts_unused is not None:
             title.append(f"  · {t.experts_unused} experts unused", style="bold")
         self.query_one("#detail-title", Static).update(title)
@@ -156,7 +182,7 @@ class DetailPane(Vertical):
             if i:
                 text.append(" · ", style="dim")
             text.append(where, style="bold")
-            text.append(f" {value:.4g} ({share:.1f}%)")
+            text.append(f" {numfmt.value(value)} ({share:.1f}%)")
         return text
 
     def show_channels(self, t: TensorStats, values: np.ndarray, counts: np.ndarray,
@@ -170,10 +196,13 @@ class DetailPane(Vertical):
             if summary.positive == 0:
                 fig.title("no positive values")
                 return
-            signal = fig.signal(summary.x, summary.y)
+            # log10 of the values on a linear axis, labelled with round powers of ten (plotext's
+            # own log axis prints 7.8 and 92.2, and ignores ticks set on it)
+            signal = fig.signal(summary.x, np.log10(summary.y).tolist())
             signal.lines()
             fig.draw(signal)
-            fig.ruler(1).scale("log")
+            log_axis(fig, 1, min(summary.y), max(summary.y), most=max(2, fig.size()[1] // 2))
+            channel_axis(fig, 0, summary.positive + dead, fig.size()[0])
             fig.title("channels sorted, log" + (f" ({dead} ≤ 0 not shown)" if dead else ""))
 
         def hist_plot(fig) -> None:
@@ -182,7 +211,10 @@ class DetailPane(Vertical):
                 return
             centers, counts_ = summary.histogram(max(5, min(40, fig.size()[0] // 2 - 4)))
             fig.draw(fig.bar(centers, counts_, orientation="vertical"))
-            fig.title("histogram, log10 value")
+            lo, hi = float(summary.logs[0]), float(summary.logs[-1])
+            log_axis(fig, 0, 10.0 ** lo, 10.0 ** hi, most=max(2, fig.size()[0] // 8))
+            count_axis(fig, 1, max(counts_), fig.size()[1])
+            fig.title("histogram of the values, log")
 
         self.query_one("#plot-sorted", PlotView).plot(sorted_plot)
         self.query_one("#plot-hist", PlotView).plot(hist_plot)
@@ -191,6 +223,7 @@ class DetailPane(Vertical):
 
             def expert_plot(fig) -> None:
                 fig.draw(fig.bar(list(range(len(per_expert))), per_expert, orientation="vertical", width=1))
+                count_axis(fig, 1, max(per_expert), fig.size()[1])
                 fig.title(f"tokens per expert ({sum(1 for c in per_expert if c == 0)} unused)")
 
             self.query_one("#plot-experts", PlotView).plot(expert_plot)
