@@ -16,6 +16,8 @@ from pathlib import Path
 
 from textual.app import App
 
+from imatui.tui.svg import export_svg, save_svg
+
 
 def screenshot_filename(current_path: str | None) -> str:
     stem = Path(current_path).name if current_path else "imatui"
@@ -27,11 +29,11 @@ def save_or_deliver(app: App, current_path: str | None) -> str | None:
     filename = screenshot_filename(current_path)
     if app.is_web:
         # name="screenshot": Textual's own DeliveryComplete / DeliveryFailed handlers notify the user
-        app.deliver_text(io.StringIO(app.export_screenshot()), save_filename=filename,
+        app.deliver_text(io.StringIO(export_svg(app)), save_filename=filename,
                          open_method="download", mime_type="image/svg+xml", name="screenshot")
         return None
     try:
-        saved = app.save_screenshot(filename=filename, path=os.getcwd())
+        saved = save_svg(app, filename=filename, path=os.getcwd())
     except OSError as exc:
         app.notify(f"cannot save the screenshot: {exc}", severity="error")
         return None

@@ -221,6 +221,8 @@ class MainScreen(Screen):
         if self.current_table == "layers":
             self._show_layer(self.layer_table.selected_key)
         self.refresh_bindings()  # the experts key shows for MoE files
+        if self.browser is not None:
+            self.browser.set_open_file(message.path)
 
     def writing(self, path: str) -> None:
         """An empty or half-written file: no error, it opens when complete."""
@@ -332,6 +334,7 @@ class MainScreen(Screen):
         browser = self.browser
         if browser is None and show:
             browser = ImatrixTree(self.browse_root.resolve(), id="browser")
+            browser.set_open_file(self.shown_path)  # marked in the listing
             self.query_one("#body").mount(browser, before="#main")
         if browser is not None:
             browser.display = show
