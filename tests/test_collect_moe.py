@@ -40,14 +40,20 @@ def _unpack(archive: Path, into: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory) -> dict[str, Path]:
-    """Both fixtures collected once: {kind: (output imatrix, transformers folder)}."""
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """The two transformers folders, unpacked once: {kind: folder}."""
+    tmp = tmp_path_factory.mktemp("moe-hf")
+    return {kind: _unpack(MOE / f"{kind}-tiny-hf.tar.gz", tmp) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def collected(folders, tmp_path_factory) -> dict[str, Path]:
+    """Both fixtures collected once: {kind: output imatrix}."""
     from imatui.collect.run import main
 
     tmp = tmp_path_factory.mktemp("moe")
     out = {}
-    for kind in KINDS:
-        folder = _unpack(MOE / f"{kind}-tiny-hf.tar.gz", tmp)
+    for kind, folder in folders.items():
         target = tmp / f"{kind}.imatrix.gguf"
         rc = main([str(folder), "-f", str(MOE / "prose-head.txt"), "-o", str(target), "--chunks", "12",
                    "-c", "512", "--device", "cpu", "--dtype", "float32", "--quiet", "--no-ppl"])
@@ -119,6 +125,20 @@ def test_deepseek_mla_entries(collected):
             for h, ref_head in enumerate(ref[name].sums2.reshape(4, -1)):
                 assert _cosine(per_head[h], ref_head) >= 0.99999, (name, h)
         assert f"blk.{block}.attn_kv_b.weight" not in ours.names()
+
+
+def test_attention_the_mla_inputs_cannot_use_is_one_line(folders, tmp_path, monkeypatch, capsys):
+    from imatui.collect import mla
+    from imatui.collect.run import main
+
+    monkeypatch.setattr(mla, "SUPPORTED_IMPLEMENTATIONS", ("eager",))  # as if the model ran on another one
+    out = tmp_path / "x.gguf"
+    rc = main([str(folders["deepseekv3"]), "-f", str(MOE / "prose-head.txt"), "-o", str(out), "--chunks", "2",
+               "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "attn_k_b and attn_v_b are collected with the sdpa or eager attention, not 'sdpa'" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("imatui: ")
 
 
 # -- llama-quantize reads the file ---------------------------------------------------------------
