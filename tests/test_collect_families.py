@@ -50,6 +50,8 @@ def _config(kind: str):
                                topk_group=1, head_dim=8, **COMMON)
     if kind == "deepseek_v2":
         return T.DeepseekV2Config(**MLA)
+    if kind == "deepseek_v2_lite":  # no q LoRA: one q_proj (llama.cpp's attn_q)
+        return T.DeepseekV2Config(**dict(MLA, q_lora_rank=None))
     if kind == "deepseek_v3":
         return T.DeepseekV3Config(**MLA)
     if kind == "glm4_moe_lite":
@@ -59,8 +61,8 @@ def _config(kind: str):
 
 # model_type -> llama.cpp architecture of the GGUF convert_hf_to_gguf.py writes for it
 FAMILIES = {"mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe",
-            "gpt_oss": "gpt-oss", "glm4_moe": "glm4moe", "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2",
-            "glm4_moe_lite": "deepseek2"}
+            "gpt_oss": "gpt-oss", "glm4_moe": "glm4moe", "deepseek_v2": "deepseek2", "deepseek_v2_lite": "deepseek2",
+            "deepseek_v3": "deepseek2", "glm4_moe_lite": "deepseek2"}
 
 
 def _model(kind: str, attn: str | None = None):
@@ -123,6 +125,7 @@ def test_names_and_shapes_as_gguf_has_them(kind):
         assert counts.sum() == (80 if "_exps" in name else 40), name
     if FAMILIES[kind] == "deepseek2":
         assert "blk.1.attn_kv_b.weight" not in got  # the GGUF has no such weight
+        assert ("blk.1.attn_q.weight" in got) == (kind == "deepseek_v2_lite") != ("blk.1.attn_q_a.weight" in got)
         assert got["blk.1.attn_k_b.weight"] == (1, 4 * 8) and got["blk.1.attn_v_b.weight"] == (1, 4 * 16)
 
 
@@ -160,7 +163,7 @@ def test_recomputed_down_input_gives_the_experts_output(kind):
 
 
 @pytest.mark.parametrize("kind,attn", [("deepseek_v3", "sdpa"), ("deepseek_v3", "eager"), ("deepseek_v2", "sdpa"),
-                                       ("glm4_moe_lite", "sdpa")])
+                                       ("deepseek_v2_lite", "sdpa"), ("glm4_moe_lite", "sdpa")])
 def test_mla_inputs_are_the_absorbed_attentions(kind, attn):
     """attn_k_b's input is each head's q_nope; attn_v_b's is each head's attention output in the latent
     space, z_h = sum_j p_hij c_j, laid end to end by head. Checked against the probabilities the eager
@@ -176,7 +179,7 @@ def test_mla_inputs_are_the_absorbed_attentions(kind, attn):
     attn_mod = model.model.layers[1].self_attn
     seen = {}
     handles = [
-        (attn_mod.q_b_proj).register_forward_hook(lambda m, a, o: seen.update(q=o.detach().clone())),
+        (attn_mod.q_proj if attn_mod.q_b_proj is None else attn_mod.q_b_proj).register_forward_hook(lambda m, a, o: seen.update(q=o.detach().clone())),
         attn_mod.kv_b_proj.register_forward_pre_hook(lambda m, a: seen.update(c=a[0].detach().clone())),
         attn_mod.o_proj.register_forward_pre_hook(lambda m, a: seen.update(o=a[0].detach().clone())),
     ]
