@@ -166,8 +166,9 @@ class Collector:
         self._n_dense_hooks = 0
         self._scratch: dict[tuple[torch.device, int], torch.Tensor] = {}
         self.layer_similarity = layer_similarity
+        self._model = model
         self._mla_taps: list[mla.MlaTap] = []
-        self._mla_previous: str | None = None
+        self._mla_previous: str | None = None  # the attention implementation to put back
 
         covered: set[str] = set()
         skipped: set[str] = set()  # modules whose work another hook does (an MLA kv_b_proj)
@@ -175,9 +176,7 @@ class Collector:
             prefix = f"{self.blocks_name}.{bi}"
             for sub, module in block.named_modules():
                 full = f"{prefix}.{sub}" if sub else prefix
-                if any(full.startswith(c + ".") for c in covered):
-                    continue
-                if full in skipped:
+                if full in skipped or any(full.startswith(c + ".") for c in covered):
                     continue
                 if _is_fused_experts(module):
                     covered.add(full)
@@ -199,11 +198,10 @@ class Collector:
                 self._register(head, self._dense_hook(acc, 0))
         if self._mla_taps:
             try:
-                self._mla_model = model
                 self._mla_previous = mla.install(model, self._mla_taps)
-            except ValueError as exc:
+            except ValueError:
                 self.remove()
-                raise ValueError(str(exc)) from None
+                raise
 
     # -- registration ---------------------------------------------------------------------------
     def _register(self, module: nn.Module, hook, *, pre: bool = True, with_kwargs: bool = False) -> None:
@@ -446,5 +444,5 @@ class Collector:
     def remove(self) -> None:
         self.detach()
         if self._mla_previous is not None:
-            mla.uninstall(self._mla_model, self._mla_previous, self._mla_taps)
+            mla.uninstall(self._model, self._mla_previous, self._mla_taps)
             self._mla_previous = None

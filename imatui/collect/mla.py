@@ -37,7 +37,7 @@ _TAPS: weakref.WeakKeyDictionary[nn.Module, MlaTap] = weakref.WeakKeyDictionary(
 
 
 def is_mla_attention(module: nn.Module) -> bool:
-    """An attention module in the DeepSeek-V2/V3 style (also GLM-4.7-Flash/glm4_moe_lite, Kimi)."""
+    """An attention module in DeepSeek-V2/V3's style (GLM-4.7-Flash's too)."""
     return (isinstance(getattr(module, "kv_b_proj", None), nn.Linear)
             and all(isinstance(getattr(module, a, None), int)
                     for a in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim", "num_heads")))
