@@ -224,3 +224,44 @@ def test_unsupported_attention_is_refused_and_leaves_the_model_as_it_was():
     assert model.config._attn_implementation == "flex_attention"
     assert not any(m._forward_pre_hooks for m in model.modules())
     assert not len(mla._TAPS)
+
+
+def test_mla_detach_attach_and_the_kernel_branch(monkeypatch):
+    """detach() stops the MLA sums with the other hooks (the benchmark's plain steps), attach() resumes;
+    on CUDA the sums go through the Triton kernel (its contract, in torch, here)."""
+    from imatui.collect import kernels
+
+    calls = []
+
+    def colsum(x, sums2, sums, keep=None):
+        calls.append(x.shape)
+        assert sums2.shape == sums.shape == (x.shape[1],) and sums2.is_contiguous()
+        sums2.add_(x.float().square().sum(0))
+        sums.add_(x.float().sum(0))
+        if keep is not None:
+            keep[0].add_(x.float().square().sum(0))
+            keep[1].add_(x.float().sum(0))
+
+    monkeypatch.setattr(kernels, "usable", lambda x: True)
+    monkeypatch.setattr(kernels, "colsum_", colsum)
+    model = _model("deepseek_v3")
+    col = Collector(model, layer_similarity=False)
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.inference_mode():
+        model(ids)
+        col.end_step()
+        first, _, _ = col.flush()
+        col.detach()
+        model(ids)
+        col.end_step()
+        off, _, _ = col.flush()
+        col.attach()
+        model(ids)
+        col.end_step()
+        again, _, _ = col.flush()
+    col.remove()
+    assert (20, 4 * 16) in calls and (20, 4 * 8) in calls  # attn_v_b's and attn_k_b's rows went through it
+    for name in ("blk.0.attn_k_b.weight", "blk.1.attn_v_b.weight"):
+        assert first[name][2].tolist() == again[name][2].tolist() == [20.0]
+        assert off[name][2].tolist() == [0.0] and not off[name][0].any()
+        np.testing.assert_allclose(again[name][0], first[name][0], rtol=1e-6)
