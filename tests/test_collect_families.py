@@ -178,8 +178,9 @@ def test_mla_inputs_are_the_absorbed_attentions(kind, attn):
     assert model.config._attn_implementation == f"imatui_mla_{attn}"
     attn_mod = model.model.layers[1].self_attn
     seen = {}
+    q_last = attn_mod.q_proj if attn_mod.q_b_proj is None else attn_mod.q_b_proj  # V2-Lite has no q LoRA
     handles = [
-        (attn_mod.q_proj if attn_mod.q_b_proj is None else attn_mod.q_b_proj).register_forward_hook(lambda m, a, o: seen.update(q=o.detach().clone())),
+        q_last.register_forward_hook(lambda m, a, o: seen.update(q=o.detach().clone())),
         attn_mod.kv_b_proj.register_forward_pre_hook(lambda m, a: seen.update(c=a[0].detach().clone())),
         attn_mod.o_proj.register_forward_pre_hook(lambda m, a: seen.update(o=a[0].detach().clone())),
     ]
