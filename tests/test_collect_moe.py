@@ -1,8 +1,9 @@
 """imatui collect on the two tiny MoE fixtures (Qwen3-MoE, DeepSeek-V3) against llama-imatrix's own files.
 
 tests/fixtures/moe/ holds the transformers folders (tar.gz, unpacked into a temporary folder), the
-imatrix files llama-imatrix wrote from the same weights in F16 (prose.txt, --chunks 12 -c 512) and
-the head of prose.txt that those 12 chunks come from (it tokenizes to the same first 6144 tokens).
+imatrix files llama-imatrix wrote from the same weights in F16 (prose.txt, --chunks 12 -c 512) and in
+F32, and the head of prose.txt that those 12 chunks come from (it tokenizes to the same first 6144
+tokens).
 """
 
 from __future__ import annotations
@@ -125,6 +126,24 @@ def test_deepseek_mla_entries(collected):
             for h, ref_head in enumerate(ref[name].sums2.reshape(4, -1)):
                 assert _cosine(per_head[h], ref_head) >= 0.99999, (name, h)
         assert f"blk.{block}.attn_kv_b.weight" not in ours.names()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_as_llama_imatrix_in_float32(collected, kind):
+    """Against llama-imatrix on the same model converted to F32, with an F32 KV cache and without flash
+    attention (which casts K and V to F16): every count identical, every expert routed alike, sums
+    within float rounding. attn_k_b / attn_v_b included: their inputs are llama.cpp's, not lookalikes."""
+    from imatui.formats import load
+
+    ours = load(collected[kind], lazy=False)
+    ref = load(MOE / f"{kind}-tiny-f32.imatrix.gguf", lazy=False)
+    assert ours.names() == ref.names()
+    for name in ref.names():
+        assert ours[name].counts.tolist() == ref[name].counts.tolist(), name
+        scale = np.abs(ref[name].sums2).max()
+        np.testing.assert_allclose(ours[name].sums2 / scale, ref[name].sums2 / scale, rtol=0, atol=5e-5,
+                                   err_msg=name)  # measured: 1.1e-5 at most
+        assert _cosine(ours[name].sums2, ref[name].sums2) >= 0.9999999, name
 
 
 def test_attention_the_mla_inputs_cannot_use_is_one_line(folders, tmp_path, monkeypatch, capsys):
