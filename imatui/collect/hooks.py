@@ -12,7 +12,10 @@ What is hooked, inside the decoder blocks only (plus `lm_head` with process_outp
 - transformers 5's fused experts modules (3-D `gate_up_proj` / `down_proj`): the pre-hook sees the
   routing (top_k_index), so per-expert sums of the input are one matmul with the routing mask; the
   down projection's input (act(gate) * up per expert) is not visible from outside, so the hook
-  recomputes it for the experts hit (about +2/3 of the MoE FFN's cost while collecting).
+  recomputes it for the experts hit (about +2/3 of the MoE FFN's cost while collecting);
+- DeepSeek's MLA attention, where llama.cpp's GGUF splits kv_b_proj into attn_k_b and attn_v_b:
+  their inputs are computed inside the attention (imatui.collect.mla), kv_b_proj itself is not
+  collected (llama.cpp has no such weight).
 A layer whose module name gguf's tables cannot map is listed in `unmapped`, never dropped silently.
 
 Layer similarity (ik_llama.cpp's --layer-similarity): per block, the cosine similarity between the
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imatui.collect import kernels
+from imatui.collect import kernels, mla
 from imatui.collect.names import NameMapper
 
 
@@ -163,17 +166,23 @@ class Collector:
         self._n_dense_hooks = 0
         self._scratch: dict[tuple[torch.device, int], torch.Tensor] = {}
         self.layer_similarity = layer_similarity
+        self._model = model
+        self._mla_taps: list[mla.MlaTap] = []
+        self._mla_previous: str | None = None  # the attention implementation to put back
 
         covered: set[str] = set()
+        skipped: set[str] = set()  # modules whose work another hook does (an MLA kv_b_proj)
         for bi, block in enumerate(self.blocks):
             prefix = f"{self.blocks_name}.{bi}"
             for sub, module in block.named_modules():
                 full = f"{prefix}.{sub}" if sub else prefix
-                if any(full.startswith(c + ".") for c in covered):
+                if full in skipped or any(full.startswith(c + ".") for c in covered):
                     continue
                 if _is_fused_experts(module):
                     covered.add(full)
                     self._hook_fused_experts(full, module)
+                elif mla.is_mla_attention(module) and self._hook_mla(full, module):
+                    skipped.add(f"{full}.kv_b_proj")
                 elif isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
                     self._hook_linear(full, module)
                 elif _is_router(module):
@@ -187,6 +196,12 @@ class Collector:
             else:
                 acc = self._accumulator("output.weight", 1, head.weight.shape[1])
                 self._register(head, self._dense_hook(acc, 0))
+        if self._mla_taps:
+            try:
+                self._mla_previous = mla.install(model, self._mla_taps)
+            except ValueError:
+                self.remove()
+                raise
 
     # -- registration ---------------------------------------------------------------------------
     def _register(self, module: nn.Module, hook, *, pre: bool = True, with_kwargs: bool = False) -> None:
@@ -204,10 +219,14 @@ class Collector:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for tap in self._mla_taps:
+            tap.active = False
 
     def attach(self) -> None:
         if not self._handles:
             self._handles = [self._attach_one(*r) for r in self._registrations]
+        for tap in self._mla_taps:
+            tap.active = True
 
     def _accumulator(self, name: str, n_mat: int, n_in: int) -> Accumulator:
         acc = self.accumulators.get(name)
@@ -243,6 +262,28 @@ class Collector:
                 except (AttributeError, TypeError):
                     break
         return expert + 1
+
+    def _hook_mla(self, full: str, module: nn.Module) -> bool:
+        """attn_k_b and attn_v_b of an MLA attention module; False where the GGUF keeps attn_kv_b."""
+        names = self.mapper.mla(full)
+        if names is None:
+            return False
+        n_head = module.num_heads
+        tap = mla.MlaTap(module, self._accumulator(names[0], 1, n_head * module.qk_nope_head_dim),
+                         self._accumulator(names[1], 1, n_head * module.kv_lora_rank), self._add_tokens)
+        self._mla_taps.append(tap)
+        self._register(module.kv_b_proj, tap.latent_hook)
+        return True
+
+    @staticmethod
+    def _add_tokens(acc: Accumulator, flat: torch.Tensor) -> None:
+        """Sums of a (tokens, n_in) input into a dense accumulator, and its tokens."""
+        acc._buffers(flat.device)
+        if kernels.usable(flat):
+            kernels.colsum_(flat, acc.buf[0, 0], acc.buf[1, 0], None)
+        else:
+            acc.buf[:, 0].add_(_sums(flat))
+        acc.host_counts[0] += flat.shape[0]
 
     def _hook_fused_experts(self, full: str, module: nn.Module) -> None:
         names = self.mapper.fused_experts(full)
@@ -402,3 +443,6 @@ class Collector:
 
     def remove(self) -> None:
         self.detach()
+        if self._mla_previous is not None:
+            mla.uninstall(self._model, self._mla_previous, self._mla_taps)
+            self._mla_previous = None

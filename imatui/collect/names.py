@@ -23,6 +23,10 @@ _ARCH_ALIASES = {
     "cohere": "command-r",
     "qwen3_next": "qwen3next",
     "phi": "phi2",
+    # MLA models: llama.cpp converts them all to "deepseek2" (convert_hf_to_gguf.py)
+    "deepseek_v2": "deepseek2",
+    "deepseek_v3": "deepseek2",
+    "glm4_moe_lite": "deepseek2",
 }
 
 _EXPERT_INDEX = re.compile(r"\.experts\.(\d+)\.")
@@ -73,6 +77,12 @@ class NameMapper:
             return None if name is None else Target(name, int(m.group(1)))
         name = self._lookup(module_name)
         return None if name is None else Target(name)
+
+    def mla(self, attention_name: str) -> tuple[str, str] | None:
+        """GGUF names (attn_k_b, attn_v_b) of an MLA attention module, when the architecture's GGUF
+        splits kv_b_proj into them (deepseek2); None where it keeps attn_kv_b."""
+        names = (self._lookup(f"{attention_name}.k_b_proj"), self._lookup(f"{attention_name}.v_b_proj"))
+        return None if None in names else names  # type: ignore[return-value]
 
     def fused_experts(self, module_name: str) -> tuple[str, str, str] | None:
         """GGUF names (gate, up, down) of a transformers-5 experts module holding 3-D weights."""

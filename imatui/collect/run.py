@@ -391,7 +391,10 @@ def _main(argv: list[str]) -> int:
         model.to(device)
     input_device = model.get_input_embeddings().weight.device
 
-    collector = Collector(model, process_output=args.process_output)
+    try:
+        collector = Collector(model, process_output=args.process_output)
+    except ValueError as exc:  # no decoder blocks, an attention the MLA inputs cannot be computed with
+        raise UsageError(f"{args.model}: {exc}") from None
     if dist.is_main:
         if collector.unmapped:
             _note(f"{len(collector.unmapped)} layer(s) have no GGUF name in gguf's tables for "
