@@ -101,3 +101,9 @@ def allows_quantization(name: str, n_dims: int) -> bool:
     if any(x in name for x in excluded):
         return False
     return name not in ("position_embd.weight", "token_types.weight")
+
+
+def ggml_name(type_name: str) -> str:
+    """The spelling ggml_type_name uses (q4_K, iq4_nl, f16): what llama-quantize prints."""
+    low = type_name.lower()
+    return low[:-2] + "_K" if low.endswith("_k") else low
