@@ -248,7 +248,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _plan_with(args: argparse.Namespace) -> int:
     from imatui.formats import load
     from imatui.plan.measure import SAMPLE_VALUES
-    from imatui.plan.planner import make_plan, parse_size, validate
+    from imatui.plan.planner import check_budget, make_plan, parse_size, validate
     from imatui.plan.probe import find_llama_quantize, measure, mix_of
     from imatui.plan.qtypes import DEFAULT_LADDER, GGUF_PY_QUANTIZES, MIXES, PROBE_FTYPE
     from imatui.plan.model import read_source_model
@@ -282,21 +282,26 @@ def _plan_with(args: argparse.Namespace) -> int:
                      "--llama-quantize PATH), or give --size/--bpw")
     if exe is None:
         types = tuple(t for t in types if t in GGUF_PY_QUANTIZES)
-        print("imatui: no llama-quantize (on PATH or --llama-quantize): the errors are ESTIMATES from gguf-py's "
-              "reference quantizers, for " + ", ".join(types) + " and F16 only", file=sys.stderr)
     out = Path(args.output)
     cache_dir = Path(args.cache_dir) if args.cache_dir else (out.parent if str(out.parent) else Path(".")) / ".imatui-plan"
     imatrix_path = Path(args.imatrix)
+    budget_text = f"--size {args.size}" if args.size else f"--bpw {args.bpw}" if args.bpw is not None else f"--like {like}"
+    check_budget(model, imatrix, imatrix_path, types, size=size, bpw=args.bpw, budget_text=budget_text,
+                 estimates=exe is None)
+    interactive = sys.stderr.isatty()
+    if exe is None and interactive:
+        print("imatui: no llama-quantize (on PATH or --llama-quantize): the errors are ESTIMATES from gguf-py's "
+              "reference quantizers, for " + ", ".join(types) + " and F16 only", file=sys.stderr)
 
     def progress(msg: str) -> None:
-        print(f"imatui: {msg}", file=sys.stderr)
+        if interactive:
+            print(f"imatui: {msg}", file=sys.stderr)
 
     table, cache_path = measure(model, imatrix, imatrix_path, cache_dir, exe=exe, types=types,
                                 sample_values=sample, progress=progress)
     like_info = None
     if like:
         like_info = dict(mix_of(exe, model, imatrix_path, like, cache_dir, table, cache_path), name=like)
-    budget_text = f"--size {args.size}" if args.size else f"--bpw {args.bpw}" if args.bpw is not None else f"--like {like}"
     plan = make_plan(model, imatrix, imatrix_path, table, size=size, bpw=args.bpw, like=like_info,
                      budget_text=budget_text)
     chosen = plan.types()

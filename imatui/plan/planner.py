@@ -17,7 +17,7 @@ from imatui.imatrix import Imatrix, split_name
 from imatui.plan.check import ERROR, check
 from imatui.plan.model import Model
 from imatui.plan.probe import ErrorTable
-from imatui.plan.qtypes import HIGH_PRECISION, NEEDS_IMATRIX, needs_imatrix, row_bytes
+from imatui.plan.qtypes import HIGH_PRECISION, NEEDS_IMATRIX, needs_imatrix, real_type, row_bytes
 from imatui.plan.solver import InfeasibleBudget, Option, solve
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
@@ -131,6 +131,40 @@ def tensor_options(model: Model, imatrix: Imatrix, table: ErrorTable) -> tuple[l
     return choices, fixed
 
 
+def smallest_tensor_bytes(model: Model, imatrix: Imatrix, types: tuple[str, ...]) -> int:
+    """The least tensor bytes any plan over these types can reach (known before measuring anything,
+    so a budget below it fails at once instead of after the probes)."""
+    total = 0
+    for t in model.tensors.values():
+        if not t.quantizable:
+            total += align(t.nbytes, model.alignment)
+            continue
+        has_data = t.name in imatrix.entries
+        reals = {real_type(x, t.n_per_row) for x in types} | {"F16"}
+        total += min(align(t.n_rows * row_bytes(r, t.n_per_row), model.alignment) for r in reals
+                     if has_data or not needs_imatrix(t.name, r))
+    return total
+
+
+def check_budget(model: Model, imatrix: Imatrix, imatrix_path: Path, types: tuple[str, ...], *,
+                 size: int | None, bpw: float | None, budget_text: str, estimates: bool) -> None:
+    smallest = smallest_tensor_bytes(model, imatrix, types)
+    header = estimated_header(model, imatrix_path, imatrix)
+    if size is not None:
+        ok = size >= smallest + header
+    else:
+        ok = bpw is None or int(bpw * model.n_elements / 8) >= smallest
+    if not ok:
+        _too_small(budget_text, smallest, header, model, estimates)
+
+
+def _too_small(budget_text: str, smallest: int, header: int, model: Model, estimates: bool) -> None:
+    hint = " with the types gguf-py can estimate; llama-quantize offers smaller ones" if estimates else ""
+    raise ImatrixError(f"budget {budget_text} is below the smallest plan this model allows "
+                       f"({(smallest + header) / 1e6:.2f} MB, {smallest * 8 / model.n_elements:.2f} bpw{hint})"
+                       ": raise the budget")
+
+
 def validate(model: Model, imatrix: Imatrix) -> None:
     """Refuse an imatrix that llama-quantize would refuse (or that belongs to another model)."""
     report = check(model, imatrix)
@@ -170,11 +204,7 @@ def make_plan(model: Model, imatrix: Imatrix, imatrix_path: Path, table: ErrorTa
     try:
         picks = solve(items, budget_tensors)
     except InfeasibleBudget as exc:
-        smallest = exc.minimum + fixed + header
-        raise ImatrixError(f"budget {budget_text or budget_file} is below the smallest plan this model allows "
-                           f"({smallest / 1e6:.2f} MB, {(exc.minimum + fixed) * 8 / model.n_elements:.2f} bpw"
-                           f"{' with the types gguf-py can estimate; llama-quantize offers smaller ones' if table.source == 'gguf-py' else ''})"
-                           ": raise the budget") from None
+        _too_small(budget_text or str(budget_file), exc.minimum + fixed, header, model, table.source == "gguf-py")
     for t, i in zip(tensors, picks):
         t.chosen = t.options[i]
     if table.source == "gguf-py":
