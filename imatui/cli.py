@@ -198,6 +198,9 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--types", help="comma-separated ladder to probe (default: K, IQ and 32-block types)")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="values per tensor to measure on (default 2097152; larger tensors are sampled by rows)")
+    p.add_argument("--head-weight", type=float, metavar="W",
+                   help="factor on the error of the weight that makes the logits (output.weight, or token_embd "
+                        "when tied; default: the number of blocks)")
     p.add_argument("--cache-dir", help="where probe errors are cached (default: .imatui-plan next to the recipe)")
     p.add_argument("--chunk-size", type=int, default=512, help="chunk size of a legacy .dat imatrix")
     p.add_argument("--force", action="store_true", help="replace the recipe files if they exist")
@@ -270,6 +273,8 @@ def _plan_with(args: argparse.Namespace) -> int:
         if bad:
             return _fail(f"--types: {', '.join(bad)} cannot be probed (use {', '.join(PROBE_FTYPE)})")
     sample = args.sample or SAMPLE_VALUES
+    if args.head_weight is not None and not args.head_weight > 0:
+        return _fail("--head-weight must be above 0")
     if sample < 256:
         return _fail("--sample must be at least 256 values")
 
@@ -303,7 +308,7 @@ def _plan_with(args: argparse.Namespace) -> int:
     if like:
         like_info = dict(mix_of(exe, model, imatrix_path, like, cache_dir, table, cache_path), name=like)
     plan = make_plan(model, imatrix, imatrix_path, table, size=size, bpw=args.bpw, like=like_info,
-                     budget_text=budget_text)
+                     budget_text=budget_text, head_weight=args.head_weight)
     chosen = plan.types()
     weights = list(chosen)
     write_text_atomic(out, "\n".join(tensor_type_lines(chosen, weights)) + "\n", force=args.force)

@@ -197,7 +197,9 @@ def test_plan_estimates_end_to_end_equals_brute_force(tmp_path, capsys, no_quant
         opts = {}
         for real, err_ in cache["errors"][n].values():
             opts[real] = err_
-        options.append([(r, t.n_rows * row_bytes(r, t.n_per_row), e) for r, e in sorted(opts.items())])
+        # token_embd makes the logits here (no output.weight): its error counts once per block (2)
+        scale = 2.0 if n == "token_embd.weight" else 1.0
+        options.append([(r, t.n_rows * row_bytes(r, t.n_per_row), e * scale) for r, e in sorted(opts.items())])
     fixed = 256 * 4 * 2  # the two norms stay F32
     budget = int(6 * m.n_elements / 8) - fixed
     best = min((sum(o[2] for o in combo), combo) for combo in itertools.product(*options)
@@ -205,6 +207,7 @@ def test_plan_estimates_end_to_end_equals_brute_force(tmp_path, capsys, no_quant
     assert {n: o[0].lower() for n, o in zip(names, best[1])} == {n: t.lower() for n, t in chosen.items()}
     # the printed command runs llama-quantize with that file
     assert f"--tensor-type-file {recipe}" in out and "per layer" in out
+    assert "token_embd.weight makes the logits (tied embeddings): its error counts 2×" in out
 
 
 def test_plan_at_the_minimum_is_all_q4_0_and_cached(tmp_path, capsys, no_quantizer):

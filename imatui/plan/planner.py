@@ -105,10 +105,31 @@ class Plan:
         return {t.name: t.chosen.type for t in self.tensors if t.chosen}
 
 
-def tensor_options(model: Model, imatrix: Imatrix, table: ErrorTable) -> tuple[list[TensorChoice], int]:
-    """Each quantizable weight's options (one per type it can really get), and the fixed bytes."""
+def logits_tensor(model: Model) -> str | None:
+    """The weight that produces the logits: output.weight, or token_embd.weight when tied."""
+    for name in ("output.weight", "token_embd.weight"):
+        if name in model.tensors:
+            return name
+    return None
+
+
+def default_head_weight(model: Model) -> float:
+    """How much more the logits' weight counts than any other: its noise reaches the logits as it is,
+    while a block's is one of n_blocks contributions to the residual stream; so n_blocks."""
+    blocks = model.metadata.get(f"{model.architecture}.block_count")
+    if blocks:
+        return float(blocks)
+    layers = {split_name(n)[0] for n in model.tensors} - {None}
+    return float(max(1, len(layers)))
+
+
+def tensor_options(model: Model, imatrix: Imatrix, table: ErrorTable,
+                   head_weight: float = 1.0) -> tuple[list[TensorChoice], int]:
+    """Each quantizable weight's options (one per type it can really get), and the fixed bytes.
+    The logits' weight has its errors multiplied by head_weight."""
     choices: list[TensorChoice] = []
     fixed = 0
+    head = logits_tensor(model)
     for t in model.tensors.values():
         if not t.quantizable:
             fixed += align(t.nbytes, model.alignment)
@@ -122,7 +143,8 @@ def tensor_options(model: Model, imatrix: Imatrix, table: ErrorTable) -> tuple[l
         has_data = t.name in imatrix.entries
         if t.type in HIGH_PRECISION and t.type != "F32":
             best[t.type] = 0.0 if t.type != "F16" else best.get("F16", 0.0)
-        options = [Option(real, align(t.n_rows * row_bytes(real, t.n_per_row), model.alignment), err)
+        scale = head_weight if t.name == head else 1.0
+        options = [Option(real, align(t.n_rows * row_bytes(real, t.n_per_row), model.alignment), err * scale)
                    for real, err in sorted(best.items())
                    if has_data or not needs_imatrix(t.name, real)]
         if not options:
@@ -177,9 +199,12 @@ def validate(model: Model, imatrix: Imatrix) -> None:
 
 def make_plan(model: Model, imatrix: Imatrix, imatrix_path: Path, table: ErrorTable, *,
               size: int | None = None, bpw: float | None = None, like: dict | None = None,
-              budget_text: str = "") -> Plan:
-    """Choose the types: exactly one of size (file bytes), bpw, like (a mix from probe.mix_of)."""
-    tensors, fixed = tensor_options(model, imatrix, table)
+              budget_text: str = "", head_weight: float | None = None) -> Plan:
+    """Choose the types: exactly one of size (file bytes), bpw, like (a mix from probe.mix_of).
+    head_weight: the factor on the logits' weight's error (default: the number of blocks)."""
+    if head_weight is None:
+        head_weight = default_head_weight(model)
+    tensors, fixed = tensor_options(model, imatrix, table, head_weight)
     header = table.header_bytes if table.header_bytes else estimated_header(model, imatrix_path, imatrix)
     header_measured = bool(table.header_bytes)
     mix_info = None
@@ -211,9 +236,13 @@ def make_plan(model: Model, imatrix: Imatrix, imatrix_path: Path, table: ErrorTa
         plan.notes.append("errors are estimates: gguf-py's reference quantizers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; "
                           "they ignore the imatrix, so the errors are upper bounds) and an exact F16 rounding; "
                           "K and IQ types need llama-quantize (on PATH or --llama-quantize)")
+    head = logits_tensor(model)
+    if head and head_weight != 1.0:
+        plan.notes.append(f"{head} makes the logits{' (tied embeddings)' if head == 'token_embd.weight' else ''}: "
+                          f"its error counts {head_weight:g}× (--head-weight)")
     no_data = [t.name for t in tensors if not t.has_imatrix]
     if no_data:
-        plan.notes.append(f"{len(no_data)} weights have no imatrix entry (their errors weigh every input "
+        plan.notes.append(f"{len(no_data)} weight{'s have' if len(no_data) > 1 else ' has'} no imatrix entry (their errors weigh every input "
                           f"channel alike; {', '.join(NEEDS_IMATRIX)} are not offered to them)")
     return plan
 
