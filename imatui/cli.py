@@ -204,6 +204,8 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", help="where probe errors are cached (default: .imatui-plan next to the recipe)")
     p.add_argument("--chunk-size", type=int, default=512, help="chunk size of a legacy .dat imatrix")
     p.add_argument("--force", action="store_true", help="replace the recipe files if they exist")
+    p.add_argument("--view", action="store_true",
+                   help="open the plan screen: the budget from the keyboard (+ - [ ]), w writes the recipe")
 
 
 def _check_writable(path: str | None, force: bool) -> None:
@@ -239,6 +241,17 @@ def _run_plan(args: argparse.Namespace) -> int:
         return _fail("plan needs MODEL.gguf (the F32/F16/BF16 GGUF) or --from QUANT.gguf")
     if not args.imatrix:
         return _fail("plan needs --imatrix IMATRIX (the file llama-quantize will use)")
+    if args.view:
+        if args.size or args.like:
+            return _fail("plan --view takes its budget as --bpw (then + - [ ] change it)")
+        if not args.output:
+            return _fail("plan --view needs -o RECIPE (the file w writes)")
+        from imatui.tui.screens.plan import PlanApp, PlanScreen
+
+        screen = PlanScreen(args.model, args.imatrix, recipe_path=args.output, bpw=args.bpw or 4.5,
+                            llama_quantize=args.llama_quantize, chunk_size=args.chunk_size)
+        PlanApp(screen).run()
+        return 0
     if not (args.size or args.bpw is not None or args.like):
         return _fail("plan needs a budget: --size 80M, --bpw 3.5 or --like Q3_K_M")
     if not args.output:

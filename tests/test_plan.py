@@ -23,7 +23,7 @@ from imatui.plan import probe
 from imatui.plan.check import check
 from imatui.plan.measure import importance, weighted_error
 from imatui.plan.model import read_model
-from imatui.plan.qtypes import real_type, row_bytes
+from imatui.plan.qtypes import ggml_name, real_type, row_bytes
 from imatui.plan.recipe import custom_q_rules, tensor_type_lines
 from imatui.plan.solver import InfeasibleBudget, Option, dynamic_programme, lower_hull, solve
 from tests.conftest import FIXTURES
@@ -398,3 +398,49 @@ def test_existing_recipe_is_not_replaced_unasked(tmp_path, capsys, no_quantizer)
     assert rc == 2 and "already exists (use --force" in err and len(err.splitlines()) == 1
     assert recipe.read_text() == "mine\n"
     assert not (tmp_path / ".imatui-plan").exists()  # refused before measuring anything
+
+
+# --- the plan screen -------------------------------------------------------------------------------
+
+async def test_plan_screen_budget_keys_and_write(tmp_path, no_quantizer):
+    from textual.widgets import DataTable, Sparkline, Static
+
+    from imatui.tui.screens.plan import PlanApp, PlanScreen
+
+    model, im = _tiny_model(tmp_path), _tiny_imatrix(tmp_path)
+    recipe = tmp_path / "recipe.txt"
+    m = read_model(model)
+    smallest = sum(t.n_rows * row_bytes("Q4_0", t.n_per_row) for t in m.tensors.values() if t.quantizable)
+    bpw = round((smallest + 2 * 1024) * 8 / m.n_elements + 0.001, 3)
+    screen = PlanScreen(model, im, recipe_path=recipe, bpw=bpw)
+    app = PlanApp(screen)
+    async with app.run_test(size=(120, 30)) as pilot:
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if screen.plan is not None:
+                break
+        table = screen.query_one("#plan-table", DataTable)
+        assert table.row_count == 4
+        assert {table.get_row_at(i)[1] for i in range(4)} == {"q4_0"}
+        title = str(screen.query_one("#plan-title", Static).render())
+        assert "ESTIMATES (no llama-quantize)" in title and f"{bpw:.2f} bpw" in title
+        assert len(screen.query_one("#plan-bits", Sparkline).data) == 2  # two blocks
+        await pilot.press("right_square_bracket")
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if screen.plan is not None and screen.plan.bpw > bpw + 0.1:
+                break
+        assert screen.bpw == pytest.approx(bpw + 0.5)
+        assert screen.plan.bpw <= bpw + 0.5 and screen.plan.bpw > bpw + 0.1
+        await pilot.press("w")
+        await pilot.pause(0.1)
+        written = dict(line.split("=") for line in recipe.read_text().split())
+        assert written == {t.name: ggml_name(t.chosen.type) for t in screen.plan.tensors}
+        assert set(written.values()) - {"q4_0"}  # the larger budget bought something
+        recipe.write_text("mine\n")
+        await pilot.press("w")
+        await pilot.pause(0.1)
+        assert recipe.read_text() == "mine\n"  # not replaced unasked
+        await pilot.press("W")
+        await pilot.pause(0.1)
+        assert recipe.read_text() != "mine\n"

@@ -30,10 +30,11 @@ def tensor_type_lines(types: dict[str, str], weights: list[str]) -> list[str]:
     """NAME=type lines for --tensor-type-file; every weight in `weights` meets its own line first."""
     names = sorted(types, key=lambda n: (-len(n), n))
     patterns = {n: n.lower() for n in names}
+    compiled = {n: re.compile(p) for n, p in patterns.items()}
 
     def first_match(target: str) -> str | None:
         for n in names:
-            if re.search(patterns[n], target):
+            if compiled[n].search(target):
                 return n
         return None
 
@@ -46,6 +47,7 @@ def tensor_type_lines(types: dict[str, str], weights: list[str]) -> list[str]:
             culprit = first_match(w)
             if culprit is not None and culprit != w:
                 patterns[culprit] = _anchored(culprit)
+                compiled[culprit] = re.compile(patterns[culprit])
     return [f"{patterns[n]}={ggml_name(types[n])}" for n in names]
 
 
