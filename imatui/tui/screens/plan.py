@@ -53,6 +53,7 @@ class PlanScreen(Screen):
     DEFAULT_CSS = """
     PlanScreen { layout: vertical; }
     #plan-title { height: auto; padding: 0 1; background: $boost; }
+    #plan-sparks { height: auto; }
     .plan-row { height: 1; padding: 0 1; }
     .plan-label { width: 14; }
     .plan-spark { width: 1fr; height: 1; }
@@ -206,8 +207,8 @@ class PlanScreen(Screen):
             write_text_atomic(self.recipe_path, "\n".join(tensor_type_lines(chosen, list(chosen))) + "\n",
                               force=force)
         except ImatrixError as exc:
-            hint = " (W replaces it)" if "already exists" in str(exc) else ""
-            self.notify(f"{exc}{hint}", severity="error")
+            text = f"{self.recipe_path}: already exists (W replaces it)" if "already exists" in str(exc) else str(exc)
+            self.notify(text, severity="error")
             return
         except OSError as exc:
             self.notify(f"{self.recipe_path}: {exc.strerror or exc}", severity="error")
