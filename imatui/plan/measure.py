@@ -17,6 +17,7 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
+from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix
 from imatui.plan.model import Model, ModelTensor
 from imatui.plan.qtypes import GGUF_PY_QUANTIZES, real_type
@@ -111,7 +112,11 @@ def error_from_probe(sample: TensorSample, probe_tensor: ModelTensor) -> tuple[s
         return probe_tensor.type, error_of_rows(sample, probe_tensor.rows(sample.index))
     raw = np.ascontiguousarray(probe_tensor.raw_rows()[sample.index]).view(np.uint8)
     qtype = GGMLQuantizationType[probe_tensor.type]
-    w_hat = dequantize(raw, qtype).reshape(len(sample.index), -1)
+    try:
+        w_hat = dequantize(raw, qtype).reshape(len(sample.index), -1)
+    except NotImplementedError:
+        raise ImatrixError(f"{probe_tensor.name}: gguf-py cannot dequantize {probe_tensor.type}; leave that "
+                           "type out of --types") from None
     return probe_tensor.type, error_of_rows(sample, w_hat)
 
 
