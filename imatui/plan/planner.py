@@ -242,8 +242,10 @@ def make_plan(model: Model, imatrix: Imatrix, imatrix_path: Path, table: ErrorTa
                           f"its error counts {head_weight:g}× (--head-weight)")
     no_data = [t.name for t in tensors if not t.has_imatrix]
     if no_data:
-        plan.notes.append(f"{len(no_data)} weight{'s have' if len(no_data) > 1 else ' has'} no imatrix entry (their errors weigh every input "
-                          f"channel alike; {', '.join(NEEDS_IMATRIX)} are not offered to them)")
+        several = len(no_data) > 1
+        plan.notes.append(f"{len(no_data)} weight{'s have' if several else ' has'} no imatrix entry "
+                          f"({'their' if several else 'its'} errors weigh every input channel alike; "
+                          f"{', '.join(NEEDS_IMATRIX)} are not offered to {'them' if several else 'it'})")
     return plan
 
 
