@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imatui.errors import ImatrixError
 
-SUBCOMMANDS = ("stats", "convert", "merge", "diff", "screenshot", "serve", "collect", "demo")
+SUBCOMMANDS = ("stats", "convert", "merge", "diff", "screenshot", "serve", "collect", "demo", "plan", "check")
 EXIT_BAD_INPUT = 2
 
 
@@ -181,10 +181,16 @@ def _diff_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_diff(args: argparse.Namespace) -> int:
+    from imatui.errors import FormatError
     from imatui.formats import load
 
-    a = load(args.a, chunk_size=args.chunk_size)
-    b = load(args.b, chunk_size=args.chunk_size)
+    try:
+        a = load(args.a, chunk_size=args.chunk_size)
+        b = load(args.b, chunk_size=args.chunk_size)
+    except FormatError as exc:
+        if "GGUF model" not in str(exc):
+            raise
+        return _run_model_diff(args)
     if args.format is None:
         from imatui.tui.app import make_app
 
@@ -197,6 +203,202 @@ def _run_diff(args: argparse.Namespace) -> int:
     experts = diff_experts(a, b) if args.format != "csv" else None
     sys.stdout.write(format_diff(compute_diff(a, b, fork=True), args.format, sort=args.sort, experts=experts))
     return 0
+
+
+def _run_model_diff(args: argparse.Namespace) -> int:
+    """`imatui diff A.gguf B.gguf` of two models: where their tensor types differ."""
+    from imatui.plan.model import read_model
+    from imatui.plan.recipe import type_diff
+    from imatui.plan_printers import format_model_diff
+
+    a, b = read_model(args.a), read_model(args.b)
+    sys.stdout.write(format_model_diff(args.a, args.b, type_diff(a, b), len(a.tensors), len(b.tensors)))
+    return 0
+
+
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="choose a quantization type per tensor under a size budget",
+                       description="Measure each weight's imatrix-weighted error for a ladder of types "
+                                   "(with llama-quantize probes, or gguf-py estimates without it), choose one "
+                                   "type per weight for the least total error within the budget, and write "
+                                   "the recipe for llama-quantize --tensor-type-file. With --from, write the "
+                                   "recipe a quantized GGUF was made with.")
+    p.add_argument("model", nargs="?", help="the F32/F16/BF16 GGUF that llama-quantize will read")
+    p.add_argument("--imatrix", help="the imatrix llama-quantize will use (.gguf or legacy .dat)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--size", help="file size budget: bytes, or 80M, 1.5G (powers of 1000), 2GiB")
+    budget.add_argument("--bpw", type=float, help="bits per weight, as llama-quantize counts them")
+    budget.add_argument("--like", metavar="MIX", help="the size of llama-quantize's own mix (Q3_K_M, Q4_K_S...) "
+                                                      "of this model; needs llama-quantize")
+    p.add_argument("-o", "--output", help="recipe file to write (NAME=TYPE lines)")
+    p.add_argument("--from", dest="from_", metavar="QUANT.gguf",
+                   help="read the recipe of a quantized GGUF instead of planning")
+    p.add_argument("--llama-quantize", metavar="PATH", help="llama-quantize to probe with (default: on PATH)")
+    p.add_argument("--custom-q", metavar="FILE", help="also write the recipe as ik_llama.cpp --custom-q rules")
+    p.add_argument("--types", help="comma-separated ladder to probe (default: K, IQ and 32-block types)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="values per tensor to measure on (default 2097152; larger tensors are sampled by rows)")
+    p.add_argument("--head-weight", type=float, metavar="W",
+                   help="factor on the error of the weight that makes the logits (output.weight, or token_embd "
+                        "when tied; default: the number of blocks)")
+    p.add_argument("--cache-dir", help="where probe errors are cached (default: .imatui-plan next to the recipe)")
+    p.add_argument("--chunk-size", type=int, default=512, help="chunk size of a legacy .dat imatrix")
+    p.add_argument("--force", action="store_true", help="replace the recipe files if they exist")
+    p.add_argument("--view", action="store_true",
+                   help="open the plan screen: the budget from the keyboard (+ - [ ]), w writes the recipe")
+
+
+def _check_writable(path: str | None, force: bool) -> None:
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ImatrixError(f"{path}: is a directory")
+    if out.exists() and not force:
+        raise ImatrixError(f"{path}: already exists (use --force to replace it)")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ImatrixError(f"{path}: folder {out.parent} does not exist")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from imatui.plan.model import read_model
+    from imatui.plan.recipe import imatrix_keys, recipe_of, tensor_type_lines, write_text_atomic
+    from imatui.plan_printers import format_from
+
+    if args.from_:
+        if args.model or args.imatrix or args.size or args.bpw or args.like:
+            return _fail("plan --from QUANT.gguf reads a recipe: give no model, imatrix or budget with it")
+        _check_writable(args.output, args.force)
+        quant = read_model(args.from_)
+        types = recipe_of(quant)
+        if args.output:
+            weights = list(types)
+            write_text_atomic(args.output, "\n".join(tensor_type_lines(types, weights)) + "\n", force=args.force)
+        sys.stdout.write(format_from(args.from_, types, imatrix_keys(quant),
+                                     quant.metadata.get("general.file_type"), args.output))
+        return 0
+    if not args.model:
+        return _fail("plan needs MODEL.gguf (the F32/F16/BF16 GGUF) or --from QUANT.gguf")
+    if not args.imatrix:
+        return _fail("plan needs --imatrix IMATRIX (the file llama-quantize will use)")
+    if args.view:
+        if args.size or args.like:
+            return _fail("plan --view takes its budget as --bpw (then + - [ ] change it)")
+        if not args.output:
+            return _fail("plan --view needs -o RECIPE (the file w writes)")
+        from imatui.tui.screens.plan import PlanApp, PlanScreen
+
+        screen = PlanScreen(args.model, args.imatrix, recipe_path=args.output, bpw=args.bpw or 4.5,
+                            llama_quantize=args.llama_quantize, chunk_size=args.chunk_size)
+        PlanApp(screen).run()
+        return 0
+    if not (args.size or args.bpw is not None or args.like):
+        return _fail("plan needs a budget: --size 80M, --bpw 3.5 or --like Q3_K_M")
+    if not args.output:
+        return _fail("plan needs -o RECIPE (the file for llama-quantize --tensor-type-file)")
+    _check_writable(args.output, args.force)
+    _check_writable(args.custom_q, args.force)
+    return _plan_with(args)
+
+
+def _plan_with(args: argparse.Namespace) -> int:
+    from imatui.formats import load
+    from imatui.plan.measure import SAMPLE_VALUES
+    from imatui.plan.planner import check_budget, make_plan, parse_size, validate
+    from imatui.plan.probe import find_llama_quantize, measure, mix_of
+    from imatui.plan.qtypes import DEFAULT_LADDER, GGUF_PY_QUANTIZES, MIXES, PROBE_FTYPE
+    from imatui.plan.model import read_source_model
+    from imatui.plan.recipe import custom_q_rules, dominant_ftype, tensor_type_lines, write_text_atomic
+    from imatui.plan_printers import format_plan
+
+    size = parse_size(args.size) if args.size else None
+    if size is not None and size <= 0:
+        return _fail("--size must be above 0")
+    if args.bpw is not None and not 0 < args.bpw <= 32:
+        return _fail("--bpw must be between 0 and 32")
+    like = args.like.upper() if args.like else None
+    if like and like not in MIXES:
+        return _fail(f"--like {args.like}: not a llama-quantize mix (one of {', '.join(MIXES)})")
+    types = DEFAULT_LADDER
+    if args.types:
+        types = tuple(t.strip().upper() for t in args.types.split(",") if t.strip())
+        bad = [t for t in types if t not in PROBE_FTYPE]
+        if bad:
+            return _fail(f"--types: {', '.join(bad)} cannot be probed (use {', '.join(PROBE_FTYPE)})")
+    sample = args.sample or SAMPLE_VALUES
+    if args.head_weight is not None and not args.head_weight > 0:
+        return _fail("--head-weight must be above 0")
+    if sample < 256:
+        return _fail("--sample must be at least 256 values")
+
+    model = read_source_model(args.model)
+    imatrix = load(args.imatrix, chunk_size=args.chunk_size)
+    validate(model, imatrix)
+    exe = find_llama_quantize(args.llama_quantize)
+    if like and exe is None:
+        return _fail("--like needs llama-quantize to make that mix (put it on PATH or give "
+                     "--llama-quantize PATH), or give --size/--bpw")
+    if exe is None:
+        types = tuple(t for t in types if t in GGUF_PY_QUANTIZES)
+    out = Path(args.output)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else (out.parent if str(out.parent) else Path(".")) / ".imatui-plan"
+    imatrix_path = Path(args.imatrix)
+    budget_text = f"--size {args.size}" if args.size else f"--bpw {args.bpw}" if args.bpw is not None else f"--like {like}"
+    check_budget(model, imatrix, imatrix_path, types, size=size, bpw=args.bpw, budget_text=budget_text,
+                 estimates=exe is None)
+    interactive = sys.stderr.isatty()
+    if exe is None and interactive:
+        print("imatui: no llama-quantize (on PATH or --llama-quantize): the errors are ESTIMATES from gguf-py's "
+              "reference quantizers, for " + ", ".join(types) + " and F16 only", file=sys.stderr)
+
+    def progress(msg: str) -> None:
+        if interactive:
+            print(f"imatui: {msg}", file=sys.stderr)
+
+    table, cache_path = measure(model, imatrix, imatrix_path, cache_dir, exe=exe, types=types,
+                                sample_values=sample, progress=progress)
+    like_info = None
+    if like:
+        like_info = dict(mix_of(exe, model, imatrix_path, like, cache_dir, table, cache_path), name=like)
+    plan = make_plan(model, imatrix, imatrix_path, table, size=size, bpw=args.bpw, like=like_info,
+                     budget_text=budget_text, head_weight=args.head_weight)
+    chosen = plan.types()
+    weights = list(chosen)
+    write_text_atomic(out, "\n".join(tensor_type_lines(chosen, weights)) + "\n", force=args.force)
+    if args.custom_q:
+        write_text_atomic(args.custom_q, ",".join(custom_q_rules(chosen)) + "\n", force=args.force)
+    target = str(Path(args.model).with_name(Path(args.model).stem + "-imatui.gguf"))
+    command = [str(exe) if exe else "llama-quantize", "--imatrix", args.imatrix, "--tensor-type-file",
+               args.output, args.model, target, dominant_ftype(chosen, model)]
+    sys.stdout.write(format_plan(plan, command=command, recipe_path=args.output, cache_path=str(cache_path)))
+    if args.custom_q:
+        sys.stdout.write(f"ik_llama.cpp: llama-quantize --imatrix {args.imatrix} --custom-q \"$(cat {args.custom_q})\" "
+                         f"{args.model} {target} {dominant_ftype(chosen, model)}\n")
+    return 0
+
+
+def _check_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="what llama-quantize would complain about, before quantizing",
+                       description="Match an imatrix against the model it will quantize: weights without an "
+                                   "entry, names that never match, size mismatches, experts with no data, the "
+                                   "chunk size, and the types that would refuse to run. Exit status 1 when "
+                                   "llama-quantize would abort.")
+    p.add_argument("model", help="the model GGUF llama-quantize will read")
+    p.add_argument("imatrix", help="the imatrix (.gguf or legacy .dat)")
+    p.add_argument("--chunk-size", type=int, default=512, help="chunk size of a legacy .dat imatrix")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from imatui.formats import load
+    from imatui.plan.check import check
+    from imatui.plan.model import read_model
+    from imatui.plan_printers import format_check
+
+    model = read_model(args.model)
+    imatrix = load(args.imatrix, chunk_size=args.chunk_size)
+    report = check(model, imatrix)
+    sys.stdout.write(format_check(report))
+    return 1 if report.errors else 0
 
 
 def _screenshot_parser(sub: argparse._SubParsersAction) -> None:
@@ -294,12 +496,13 @@ def main(argv: list[str] | None = None) -> int:
             sub = parser.add_subparsers(dest="cmd", parser_class=_Parser)
             {"stats": _stats_parser, "convert": _convert_parser, "merge": _merge_parser,
              "diff": _diff_parser, "screenshot": _screenshot_parser, "serve": _serve_parser,
-             "collect": _collect_parser}[cmd](sub)
+             "collect": _collect_parser, "plan": _plan_parser, "check": _check_parser}[cmd](sub)
             if cmd == "collect":
                 return _run_collect(argparse.Namespace(rest=argv[1:]))
             args = parser.parse_args(argv)
             return {"stats": _run_stats, "convert": _run_convert, "merge": _run_merge,
-                    "diff": _run_diff, "screenshot": _run_screenshot, "serve": _run_serve}[cmd](args)
+                    "diff": _run_diff, "screenshot": _run_screenshot, "serve": _run_serve, "plan": _run_plan,
+                    "check": _run_check}[cmd](args)
         args = _app_parser().parse_args(argv)
         return _run_app(args.paths, args.chunk_size)
     except ImatrixError as exc:
