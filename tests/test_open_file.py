@@ -16,7 +16,7 @@ from conftest import FIXTURES
 from conftest import wait_until as _wait
 from imatui.formats import load, save
 from imatui.formats.gguf import KEY_FINISHED
-from imatui.live.state import STALL_MIN_S, LiveClock, LiveState
+from imatui.live.state import STALL_MIN_S, LiveClock, LiveState, age_text
 from imatui.stats.convergence import ConvergenceSeries
 from imatui.tui.app import make_app
 from imatui.tui.screens.convergence import ConvergenceScreen
@@ -94,6 +94,8 @@ def test_live_clock_states_and_the_age_of_the_last_write():
     assert clock.state is LiveState.LIVE
     clock.loaded(1090.0, finished=True, changed=True)
     assert clock.update(now=5000.0) is LiveState.FINISHED  # finished never turns stalled
+    assert [age_text(s) for s in (0, 59.9, 60, 754, 3599, 3600, 7260, 90000)] == [
+        "0s", "59s", "1m", "12m", "59m", "1h00m", "2h01m", "1d1h"]
     waiting = LiveClock()
     waiting.state = LiveState.WAITING
     assert waiting.header_text("/x/run.gguf") == "waiting for run.gguf"  # no age before a version

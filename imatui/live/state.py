@@ -19,11 +19,24 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from imatui.stats.convergence import ConvergenceSeries, format_duration, format_rate
+from imatui.stats.convergence import ConvergenceSeries, format_rate
 
 STALL_FACTOR = 4.0
 STALL_MIN_S = 15.0
 INTERVALS = 8  # the usual interval is the median of this many last ones
+
+
+def age_text(seconds: float) -> str:
+    """"12s", "45m", "3h12m", "2d4h": seconds only while they matter, so that an old file's header
+    changes once a minute, not every second."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 class LiveState(Enum):
@@ -92,5 +105,5 @@ class LiveClock:
                 text += f" · {format_rate(rate)}"
         age = self.age(now)
         if age is not None and self.state not in (LiveState.OPENING, LiveState.WAITING):
-            text += f" · written {format_duration(age)} ago"
+            text += f" · written {age_text(age)} ago"
         return text
