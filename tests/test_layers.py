@@ -17,7 +17,7 @@ LAYERS = {
     "imatui": 0, "imatui.imatrix": 0, "imatui.errors": 0,
     "imatui.formats": 1,
     "imatui.stats": 2, "imatui.live": 2, "imatui.ops": 2, "imatui.collect": 2, "imatui.plan": 2,
-    "imatui.printers": 3, "imatui.diff_printers": 3,
+    "imatui.printers": 3, "imatui.diff_printers": 3, "imatui.plan_printers": 3, "imatui.numfmt": 3,
     "imatui.tui": 4,
     "imatui.cli": 5, "imatui.__main__": 5, "imatui.serve": 5,
 }
