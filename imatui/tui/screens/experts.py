@@ -41,7 +41,7 @@ from imatui.printers import EXPERT_COLUMNS, expert_cells
 from imatui.stats.experts import (EXPERT_SORT_KEYS, Coverage, ExpertRow, LayerCoverage, RareThreshold,
                                   chunks_to_reach, coverage, expert_stats, expert_table, sort_experts)
 from imatui.stats.tensor import StatsReport, TensorStats
-from imatui.tui.widgets.channel_plot import PlotView
+from imatui.tui.widgets.channel_plot import PlotView, channel_axis, log_axis
 
 # tokens on a log scale: glyph height and a viridis colour per level (readable in 256 colours and,
 # by the glyphs alone, under NO_COLOR)
@@ -584,11 +584,14 @@ class ExpertsScreen(Screen):
         log = bool(np.all(values > 0))
 
         def draw(fig) -> None:
-            signal = fig.signal(x, y)
+            # as the main detail pane: log10 on a linear axis with round power-of-ten ticks, and
+            # whole channel numbers (plotext's own log axis ignores ticks set on it)
+            signal = fig.signal(x, np.log10(y).tolist() if log else y)
             signal.lines()
             fig.draw(signal)
             if log:
-                fig.ruler(1).scale("log")
+                log_axis(fig, 1, float(np.min(y)), float(np.max(y)), most=max(2, fig.size()[1] // 2))
+            channel_axis(fig, 0, len(values), fig.size()[0])
             fig.title(("log " if log else "") + f"per channel: mean squared input ({len(values)} channels"
                       + (", bucket maxima)" if len(x) < len(values) else ")"))
 
