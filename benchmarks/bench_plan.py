@@ -30,17 +30,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "fixtures" / "calibration"
 TOOLS = ("llama-quantize", "llama-perplexity", "llama-imatrix")
-MIXES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M")
+MIXES = ("Q3_K_M", "Q2_K", "Q4_K_M", "Q3_K_S", "Q4_K_S")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -160,8 +160,14 @@ def parse_kld(text: str) -> tuple[float, float, float, float, float]:
 
 
 def measure(tools: dict[str, Path], quant: Path, base_logits: Path, threads: int, work: Path) -> Result:
+    log_file = work / f"{quant.stem}.{base_logits.stem}.log"
+    if log_file.is_file() and log_file.stat().st_mtime > max(quant.stat().st_mtime, base_logits.stat().st_mtime):
+        out = log_file.read_text(errors="replace")  # measured already (the log is newer than both inputs)
+        if "Mean    KLD" in out:
+            kld, kld_err, ppl, ppl_err, same_top = parse_kld(out)
+            return Result(quant.stat().st_size, kld, kld_err, ppl, ppl_err, same_top)
     out = run([tools["llama-perplexity"], "-m", quant, "--kl-divergence-base", base_logits, "--kl-divergence",
-               "-t", threads], log_file=work / f"{quant.stem}.kld.log")
+               "-t", threads], log_file=log_file)
     kld, kld_err, ppl, ppl_err, same_top = parse_kld(out)
     return Result(quant.stat().st_size, kld, kld_err, ppl, ppl_err, same_top)
 
@@ -175,10 +181,12 @@ def tensor_types(path: Path) -> dict[str, str]:
 def plan_recipe(args: argparse.Namespace, tools: dict[str, Path], base: Path, imatrix: Path, size: int,
                 recipe: Path, work: Path) -> str:
     """Run imatui plan; return the llama-quantize ftype argument it proposes."""
+    args.planner_root = args.planner_root.resolve()
     env = dict(os.environ, PYTHONPATH=str(args.planner_root))
     out = run([sys.executable, "-m", "imatui", "plan", base, "--imatrix", imatrix, "--size", str(size),
-               "-o", recipe, "--llama-quantize", tools["llama-quantize"], "--cache-dir", work / "plan-cache",
-               "--force"], log_file=work / f"{recipe.stem}.log", env=env)
+               "-o", recipe, "--llama-quantize", tools["llama-quantize"], "--cache-dir", args.plan_cache or work / "plan-cache",
+               "--force", *(["--types", args.plan_types] if args.plan_types else [])],
+              log_file=work / f"{recipe.stem}.log", env=env, cwd=args.planner_root)  # -m puts the cwd first on sys.path
     for line in out.splitlines():
         if "--tensor-type-file" in line:
             return line.split()[-1]
@@ -196,13 +204,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache of imatrix, logits, quantized models, logs")
     p.add_argument("--model", type=Path, help="base GGUF (default: LLAMA/models/smollm2-135m-f32.gguf, made when missing)")
     p.add_argument("--calibration", type=Path, default=SHARED / "prose.txt")
+    p.add_argument("--imatrix", type=Path, help="use this imatrix instead of running llama-imatrix on --calibration")
     p.add_argument("--calib-chunks", type=int, default=40)
     p.add_argument("--eval", dest="eval_text", type=Path, default=SHARED / "code.txt")
     p.add_argument("--chunks", type=int, default=40, help="evaluation chunks")
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--mixes", default=",".join(MIXES))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads per llama.cpp process")
+    p.add_argument("--jobs", type=int, default=1, help="evaluations run at the same time")
     p.add_argument("--planner-root", type=Path, default=REPO, help="PYTHONPATH for `python -m imatui plan`")
+    p.add_argument("--plan-types", help="passed to imatui plan --types (default: the planner's own ladder)")
+    p.add_argument("--plan-cache", type=Path, help="imatui plan --cache-dir (default: WORK/plan-cache)")
+    p.add_argument("--plan-tag", default="", help="added to the plan's file names (to keep runs apart)")
     p.add_argument("--skip-plan", action="store_true", help="measure llama's mixes only")
     args = p.parse_args(argv)
 
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if not text.is_file():
             raise SystemExit(f"bench_plan: {text} is missing")
 
-    imatrix = work / f"imatrix-{args.calibration.stem}-{args.calib_chunks}x{args.ctx}.gguf"
+    imatrix = args.imatrix.resolve() if args.imatrix else work / f"imatrix-{args.calibration.stem}-{args.calib_chunks}x{args.ctx}.gguf"
     if not imatrix.is_file():
         run([tools["llama-imatrix"], "-m", base, "-f", args.calibration, "--chunks", args.calib_chunks,
              "-c", args.ctx, "-t", args.threads, "-o", imatrix.with_suffix(".part.gguf")],
@@ -231,28 +244,40 @@ def main(argv: list[str] | None = None) -> int:
         log(f"base PPL {m.group(1) if m else '?'}")
         base_logits.with_suffix(".part").replace(base_logits)
 
-    rows = []
-    for mix in [m.strip().upper() for m in args.mixes.split(",") if m.strip()]:
+    mixes = [m.strip().upper() for m in args.mixes.split(",") if m.strip()]
+    llama_q: dict[str, Path] = {}
+    plan_q: dict[str, Path] = {}
+    for mix in mixes:
         quant = work / f"llama-{mix}.gguf"
         if not quant.is_file():
             run([tools["llama-quantize"], "--imatrix", imatrix, base, quant.with_suffix(".part"), mix,
                  args.threads], log_file=work / f"quantize-llama-{mix}.log")
             quant.with_suffix(".part").replace(quant)
-        ours = measure(tools, quant, base_logits, args.threads, work)
-        log(f"llama {mix}: {ours.size} B, KLD {ours.kld:.4f}, PPL {ours.ppl:.3f}")
-        plan = None
-        if not args.skip_plan:
-            recipe = work / f"plan-{mix}.txt"
-            ftype = plan_recipe(args, tools, base, imatrix, ours.size, recipe, work)
-            planned = work / f"plan-{mix}.gguf"
-            run([tools["llama-quantize"], "--imatrix", imatrix, "--tensor-type-file", recipe, base,
-                 planned.with_suffix(".part"), ftype, args.threads], log_file=work / f"quantize-plan-{mix}.log")
-            planned.with_suffix(".part").replace(planned)
-            plan = measure(tools, planned, base_logits, args.threads, work)
-            log(f"plan  {mix}: {plan.size} B, KLD {plan.kld:.4f}, PPL {plan.ppl:.3f}")
-        rows.append((mix, ours, plan))
+        llama_q[mix] = quant
+    if not args.skip_plan:
+        for mix in mixes:
+            recipe = work / f"plan{'-' + args.plan_tag if args.plan_tag else ''}-{mix}.txt"
+            fresh = recipe.with_suffix(".new.txt")
+            fresh.unlink(missing_ok=True)
+            ftype = plan_recipe(args, tools, base, imatrix, llama_q[mix].stat().st_size, fresh, work)
+            planned = recipe.with_suffix(".gguf")
+            if recipe.is_file() and recipe.read_bytes() == fresh.read_bytes() and planned.is_file():
+                fresh.unlink()  # the same recipe as last time: keep its model (and its measurement)
+            else:
+                fresh.replace(recipe)
+                run([tools["llama-quantize"], "--imatrix", imatrix, "--tensor-type-file", recipe, base,
+                     planned.with_suffix(".part"), ftype, args.threads], log_file=work / f"quantize-{planned.stem}.log")
+                planned.with_suffix(".part").replace(planned)
+            plan_q[mix] = planned
 
-    print(f"base: {base.name}; imatrix: {args.calibration.name}, {args.calib_chunks} chunks of {args.ctx}; "
+    # the evaluations are independent: --jobs of them at a time, --threads each
+    todo = list(llama_q.values()) + list(plan_q.values())
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = dict(zip(todo, pool.map(lambda q: measure(tools, q, base_logits, args.threads, work), todo)))
+    rows = [(mix, results[llama_q[mix]], results[plan_q[mix]] if mix in plan_q else None) for mix in mixes]
+
+    im_text = imatrix.name if args.imatrix else f"{args.calibration.name}, {args.calib_chunks} chunks of {args.ctx}"
+    print(f"base: {base.name}; imatrix: {im_text}; "
           f"evaluation: {args.eval_text.name}, {args.chunks} chunks of {args.ctx}\n")
     print("| mix | llama MB | llama KLD | llama PPL | plan MB | plan KLD | plan PPL | winner |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
