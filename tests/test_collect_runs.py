@@ -69,7 +69,7 @@ def _chunks_in(path: Path) -> int:
 def _run_until_checkpoint(proc: subprocess.Popen, out: Path, chunks: int) -> None:
     """Let the collector run in short slices (SIGCONT ... SIGSTOP) until `out` holds `chunks` chunks,
     and leave it stopped: on a busy machine a plain polling loop saw it race past to the end."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a resumed run loads torch and the model first: slow on a busy machine
     while proc.poll() is None and time.monotonic() < deadline:
         proc.send_signal(signal.SIGSTOP)
         if _chunks_in(out) >= chunks:

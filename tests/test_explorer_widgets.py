@@ -84,7 +84,7 @@ async def test_key_columns_fixed_and_column_sets_at_120():
             assert label in header
         assert "Entropy" not in header
         # a palette sort by a column outside the set brings it in; the names stay
-        app.sort_by("entropy")
+        app.main.sort_by("entropy")
         await pilot.pause()
         assert "entropy" in table.shown_columns and "ffn_gate_exps" in screen_text(app)
         await pilot.press("a")  # every column
@@ -352,6 +352,7 @@ async def test_browser_shows_snapshots_apart_with_details(tmp_path):
         assert all("617K" in n and "40ch" in n for n in names)
         for n in (10, 20, 30):
             assert sum(f"at_{n}" in line for line in names) == 1
+        await app.wait_for_data()  # a folder of one collection opens its main file, marked when shown
         tree.set_open_file(tmp_path / "smollm2-prose.imatrix.gguf.at_20")
         await pilot.pause()
         marked = [line for line in screen_text(app).splitlines()[1:] if "●" in line.split("▕")[0]]

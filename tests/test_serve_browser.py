@@ -123,11 +123,15 @@ def test_explorer_in_the_browser(server, browser, run_file, tmp_path):
         return lambda: (lambda s: s if text in s else None)(screen())
 
     # the app (a process started for this connection) loads the file and fills the tensor table
-    first = wait_for(screen_showing("blk.18.attn_k.weight"), 60, "the tensor table")
+    wait_for(screen_showing("blk.29.ffn_down.weight"), 60, "the tensor table")
+    # the page's terminal takes the keyboard focus, as a click on it gives: the footer lists the keys
+    browser.execute_script("window.imatuiTerminal.focus()")
+    first = wait_for(screen_showing("t Layers"), 20, "the footer's keys")
     lines = first.splitlines()
     assert "run.imatrix.gguf" in lines[0] and "210 tensors" in lines[0]
-    assert re.search(r"^\s+18\s+attn_k\s+95\.22\s+0\.0073\s+51\.2399\b", lines[2]), lines[2]  # llama's row
-    assert "t Layers" in lines[-1]
+    # the first view: largest Σ first (llama-imatrix's Σ and Max of blk.29.ffn_down)
+    assert re.search(r"^\s+29\s+ffn_down\s+20573\.37\s+1087\.1737\b", lines[2]), lines[2]
+    assert "t Layers" in first, first  # the footer
     if picture := os.environ.get("IMATUI_SERVE_SCREENSHOT"):  # screenshots/make.sh: the README's picture
         wait_for(screen_showing("channels sorted"), 30, "the charts")  # they fill in after the table
         wait_for(screen_showing("ffn_up"), 30, "the per-layer sparklines")
@@ -138,15 +142,15 @@ def test_explorer_in_the_browser(server, browser, run_file, tmp_path):
     # imatui collect does): the same row now holds the code imatrix's numbers, as llama.cpp printed them
     shutil.copyfile(CODE, run_file.with_suffix(".tmp"))
     os.replace(run_file.with_suffix(".tmp"), run_file)
-    updated = wait_for(screen_showing("89.66"), 30, "the reloaded file")
-    assert re.search(r"^\s+18\s+attn_k\s+89\.66\s+0\.0071\s+41\.4767\b", updated.splitlines()[2]), updated
+    updated = wait_for(screen_showing("21992.80"), 30, "the reloaded file")
+    assert re.search(r"^\s+29\s+ffn_down\s+21992\.80\s+2006\.0322\b", updated.splitlines()[2]), updated
 
     # `t` switches to the per-layer table: the screen changes to layer rows
     press(browser, "t")
     layers = wait_for(screen_showing("μCosSim"), 20, "the layer table")
     rows = layers.splitlines()
     assert re.search(r"^\s+0\s+16\.42\s+1\.6426%\s+0\.0000\s+7\s+4992\b", rows[2]), rows[2]  # llama's layer 0
-    assert not re.search(r"attn_k\s+89\.66", layers)
+    assert not re.search(r"ffn_down\s+21992\.80", layers)
 
     # `p` in the browser delivers the SVG screenshot as a download, not a file on the server
     press(browser, "p")
