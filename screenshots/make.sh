@@ -1,7 +1,7 @@
 #!/bin/sh
 # Regenerate the screenshots from the fixtures with the app itself (imatui screenshot), and a PNG of
-# each for viewers without SVG. rsvg-convert collapses the leading no-break spaces Textual writes
-# unless the SVG asks to preserve them, so the PNGs are made from a copy that does.
+# each for viewers without SVG (the SVGs carry xml:space="preserve", so rsvg-convert keeps their
+# leading spaces).
 set -e
 cd "$(dirname "$0")/.."
 F=tests/fixtures
@@ -20,7 +20,7 @@ if [ -f /tmp/imatui-bench/deepseek.imatrix.gguf ]; then
 fi
 if command -v rsvg-convert >/dev/null; then
     for svg in screenshots/*.svg; do
-        sed 's/<svg /<svg xml:space="preserve" /' "$svg" | rsvg-convert -w 1400 -o "${svg%.svg}.png"
+        rsvg-convert -w 1400 -o "${svg%.svg}.png" "$svg"
     done
 fi
 # imatui serve in headless chromium (tests/test_serve_browser.py saves the page when asked to)

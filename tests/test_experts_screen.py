@@ -265,3 +265,23 @@ async def test_a_reload_updates_the_map_and_convergence_names_the_slowest_expert
         moved = str(app.screen.query_one("#conv-moved", Static).render())
         # 8 -> 12 chunks: the dead experts gained nothing
         assert "slowest experts: blk.1 e2 +0 (0 tokens) · blk.1 e7 +0 (0 tokens) · blk.2 e0 +0 (0 tokens)" in moved
+
+
+def test_screenshot_of_the_expert_map(tmp_path):
+    """`imatui screenshot --view experts`: the map of a MoE file as SVG (spaces kept); a dense file is
+    refused with one line and exit 2."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "map.svg"
+    run = subprocess.run([sys.executable, "-m", "imatui", "screenshot", str(DEEPSEEK), "-o", str(out),
+                          "--view", "experts", "--size", "100x30"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    svg = out.read_text(encoding="utf-8")
+    assert svg.startswith('<svg xml:space="preserve"')
+    assert "3×16" in svg and "6&#160;dead" in svg.replace(" ", "&#160;")
+    dense = Path(__file__).parent / "fixtures" / "smollm2-prose.imatrix.gguf"
+    run = subprocess.run([sys.executable, "-m", "imatui", "screenshot", str(dense), "-o", str(tmp_path / "d.svg"),
+                          "--view", "experts"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no expert tensors" in run.stderr, run.stderr
+    assert not (tmp_path / "d.svg").exists()

@@ -41,9 +41,9 @@ async def _show_experts(app, pilot) -> None:
     from imatui.errors import ImatrixError
     from imatui.tui.screens.experts import ExpertsScreen
 
-    if not app.check_action("experts", ()):
+    if not app.main.check_action("experts", ()):
         raise ImatrixError(f"{app.current_path}: no expert tensors (--view experts is for MoE files)")
-    app.action_experts()
+    app.main.action_experts()
     for _ in range(2000):
         screen = app.screen
         if isinstance(screen, ExpertsScreen) and screen.detail is not None:
