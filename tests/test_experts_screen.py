@@ -85,8 +85,8 @@ async def test_map_of_deepseek_at_80x24():
         detail = _text(screen, "#exp-detail-text")
         assert detail.split("\n")[0] == ("blk.1 expert 0 · 1335 tokens · 10.86% of the layer (mean 768.0) · "
                                          "the layer also has a shared expert")
-        assert detail.split("\n")[1].startswith("ffn_up_exps  Σ 64 · max 2.119")
-        assert detail.split("\n")[2].startswith("top channels 7 2.119 (3.3%) · 29 1.924 (3.0%)")
+        assert detail.split("\n")[1].startswith("ffn_up_exps  Σ 64.00 · max 2.1191 · μ 1.00")
+        assert detail.split("\n")[2].startswith("top channels 7 2.1191 (3.3%) · 29 1.9242 (3.0%)")
 
         await pilot.press("down", "right", "right")  # blk.2 expert 2 ... then to the rare one, 13
         await _until(pilot, lambda: _detail_for(screen, 2, 2))

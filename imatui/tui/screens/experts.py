@@ -35,6 +35,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
+from imatui import numfmt
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix, split_name
 from imatui.printers import EXPERT_COLUMNS, expert_cells
@@ -535,15 +536,17 @@ class ExpertsScreen(Screen):
         if tensor is not None:
             text.append(split_name(tensor)[1], style="bold")
         if stats is not None:
-            text.append(f"  Σ {stats.sum:.4g} · max {stats.max:.4g} · μ {stats.mean:.4g} · σ {stats.std:.4g} · "
-                        f"entropy {stats.entropy:.3f} ({stats.entropy_norm * 100:.1f}%) · ZD {stats.zd * 100:.1f}%")
+            f = numfmt.fmt  # the same text for a quantity as the tensor table and the detail pane
+            text.append(f"  Σ {f('sum', stats.sum)} · max {f('max', stats.max)} · μ {f('mean', stats.mean)} · "
+                        f"σ {f('std', stats.std)} · entropy {f('entropy', stats.entropy)} "
+                        f"({f('entropy_norm', stats.entropy_norm)}) · ZD {f('zd', stats.zd)}")
             text.append("\ntop channels ", style="bold")
             for i, (c, v) in enumerate(zip(stats.top_channels[:6], stats.top_values[:6])):
                 if i:
                     text.append(" · ", style="dim")
                 share = v / stats.sum * 100 if stats.sum else 0.0
                 text.append(str(c), style="bold")
-                text.append(f" {v:.4g} ({share:.1f}%)")
+                text.append(f" {numfmt.value(v)} ({share:.1f}%)")
         elif status == "dead":
             text.append("  no statistics: no tokens", style="dim")
         self.query_one("#exp-detail-text", Static).update(text)
