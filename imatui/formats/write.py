@@ -10,6 +10,19 @@ from imatui.errors import ImatrixError, OverwriteError
 from imatui.imatrix import Imatrix
 
 
+def check_target(path: Path, force: bool) -> Path:
+    """The folder an output file goes to, after refusing a folder in its place, an existing file
+    (without force) and a missing folder."""
+    if path.is_dir():
+        raise ImatrixError("is a directory", path)
+    if path.exists() and not force:
+        raise OverwriteError("already exists (use --force to replace it)", path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImatrixError(f"folder {folder} does not exist", path)
+    return folder
+
+
 def save(imatrix: Imatrix, path: str | Path, *, format: str | None = None, force: bool = False) -> Path:
     """Write `imatrix` to `path` as "gguf" or "dat" (default: by the suffix, .dat -> dat, else gguf).
 
@@ -20,13 +33,7 @@ def save(imatrix: Imatrix, path: str | Path, *, format: str | None = None, force
         format = "dat" if path.suffix == ".dat" else "gguf"
     if format not in ("gguf", "dat"):
         raise ImatrixError(f"unknown format {format!r} (use gguf or dat)")
-    if path.is_dir():
-        raise ImatrixError("is a directory", path)
-    if path.exists() and not force:
-        raise OverwriteError("already exists (use --force to replace it)", path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImatrixError(f"folder {folder} does not exist", path)
+    folder = check_target(path, force)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

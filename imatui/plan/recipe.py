@@ -14,7 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from imatui.errors import ImatrixError, OverwriteError
+from imatui.formats.write import check_target
 from imatui.plan.model import Model
 from imatui.plan.qtypes import ggml_name
 
@@ -59,13 +59,7 @@ def custom_q_rules(types: dict[str, str]) -> list[str]:
 def write_text_atomic(path: str | Path, text: str, *, force: bool = False) -> Path:
     """The file appears complete or not at all; an existing file is replaced only with force."""
     path = Path(path)
-    if path.is_dir():
-        raise ImatrixError("is a directory", path)
-    if path.exists() and not force:
-        raise OverwriteError("already exists (use --force to replace it)", path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImatrixError(f"folder {folder} does not exist", path)
+    folder = check_target(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
