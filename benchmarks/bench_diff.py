@@ -38,20 +38,6 @@ from bench_stats import tree_peak  # noqa: E402
 DEFAULT_A = Path("/tmp/imatui-bench/deepseek.imatrix.gguf")
 DEFAULT_B = Path("/tmp/imatui-bench/deepseek-b.imatrix.gguf")
 
-# the floor: one numpy pass summing every float of A and of B (memory-mapped, in blocks)
-READ_FLOOR = r"""
-import os, sys, numpy as np
-from gguf import GGUFReader
-for path in sys.argv[1:]:
-    r = GGUFReader(path)
-    start = min(int(t.data_offset) for t in r.tensors)
-    del r
-    n = (os.path.getsize(path) - start) // 4
-    m = np.memmap(path, dtype="<f4", mode="r", offset=start, shape=(n,))
-    total = 0.0
-    for i in range(0, n, 1 << 22):
-        total += float(m[i : i + (1 << 22)].sum(dtype=np.float64))
-"""
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
@@ -119,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     a, b = str(args.a), str(args.b)
     commands = {
-        "read floor (numpy, A and B)": [py, "-c", READ_FLOOR, a, b],
+        "read floor (numpy, A and B)": [py, str(HERE / "read_floor.py"), a, b],
         "imatui stats A": [py, "-m", "imatui", "stats", a, "--format", "table"],
         "imatui diff A B": [py, "-m", "imatui", "diff", a, b, "--format", "json"],
     }

@@ -24,23 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 DEFAULT = Path("/tmp/imatui-bench/deepseek.imatrix.gguf")
 
-# the baseline: one numpy pass summing every float of the file (memory-mapped, in blocks)
-BASELINE = r"""
-import os, sys, numpy as np
-from gguf import GGUFReader
-path = sys.argv[1]
-r = GGUFReader(path)
-start = min(int(t.data_offset) for t in r.tensors)
-del r
-n = (os.path.getsize(path) - start) // 4
-m = np.memmap(path, dtype="<f4", mode="r", offset=start, shape=(n,))
-total = 0.0
-for i in range(0, n, 1 << 22):
-    total += float(m[i : i + (1 << 22)].sum(dtype=np.float64))
-print(total)
-"""
 
 # what the issue calls "a naive numpy version": the whole file in memory at once
 NAIVE = r"""
@@ -122,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     compileall.compile_dir(Path(imatui.__file__).parent, quiet=1)
     py = sys.executable
     commands = {
-        "baseline (numpy memmap, one summing pass)": [py, "-c", BASELINE, str(args.file)],
+        "baseline (numpy memmap, one summing pass)": [py, str(HERE / "read_floor.py"), str(args.file)],
         "imatui stats --format table": [py, "-m", "imatui", "stats", str(args.file), "--format", "table"],
     }
     if not args.skip_naive:
