@@ -200,8 +200,9 @@ def _run_diff(args: argparse.Namespace) -> int:
     from imatui.stats.diff import compute_diff
     from imatui.stats.experts import diff_experts
 
-    experts = diff_experts(a, b) if args.format != "csv" else None
-    sys.stdout.write(format_diff(compute_diff(a, b, fork=True), args.format, sort=args.sort, experts=experts))
+    report = compute_diff(a, b, fork=True)
+    experts = diff_experts(a, b, expert_cos=report.expert_cos) if args.format != "csv" else None
+    sys.stdout.write(format_diff(report, args.format, sort=args.sort, experts=experts))
     return 0
 
 

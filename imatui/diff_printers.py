@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import math
+import re
+import secrets
 from typing import Any, Callable, Iterable
 
 from imatui import numfmt
@@ -83,9 +85,24 @@ def format_json(report: DiffReport, sort: str | None = None,
                 experts: list[TensorExpertDiff] | None = None) -> str:
     d = report.to_dict()
     d["tensors"] = [t.to_dict() for t in sort_rows(report.tensors, sort)]
-    if experts:
-        d["experts"] = [x.to_dict() for x in experts]
-    return json.dumps(_clean(d), indent=2, allow_nan=False) + "\n"
+    rows: list[str] = []
+    mark = secrets.token_hex(8)  # no name in a file can forge it
+    if experts:  # each expert on one line (a DeepSeek file has 44,544 of them)
+        d["experts"] = []
+        for i, x in enumerate(experts):
+            xd = x.to_dict()
+            # one call of the C encoder a tensor; the items are flat dicts of numbers, so "}, {" is
+            # only ever the seam between two of them
+            rows.append(json.dumps(xd["experts"], allow_nan=False)[1:-1])
+            xd["experts"] = f"{mark} {i}"
+            d["experts"].append(xd)
+    text = json.dumps(_clean(d), indent=2, allow_nan=False)
+    if rows:
+        pad = " " * 8  # the items of report["experts"][i]["experts"]
+        text = re.sub(f'"{mark} (\\d+)"',
+                      lambda m: "[\n" + pad + rows[int(m[1])].replace("}, {", "},\n" + pad + "{") + "\n" + pad[2:] + "]"
+                      if rows[int(m[1])] else "[]", text)
+    return text + "\n"
 
 
 def format_csv(report: DiffReport, sort: str | None = None) -> str:

@@ -341,8 +341,10 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
                   "shape_a", "shape_b"):
             assert getattr(t, f) == getattr(r, f), (t.name, f, getattr(t, f), getattr(r, f))
         # the same channel, unless two moved by the same share to the last bits (float64 sums in another order)
-        assert t.top_channel == r.top_channel or abs(abs(t.top_share_delta) - abs(r.top_share_delta)) < 1e-15
-        for f in ("cossim", "js", "top_value_a", "top_value_b", "top_share_delta"):
+        tie = t.top_channel != r.top_channel
+        assert not tie or abs(abs(t.top_share_delta) - abs(r.top_share_delta)) < 1e-15, t.name
+        # in a tie the two channels' own values differ: only the share moved is the same
+        for f in ("cossim", "js") + (() if tie else ("top_value_a", "top_value_b", "top_share_delta")):
             assert getattr(t, f) == pytest.approx(getattr(r, f), rel=1e-12, abs=1e-12), (t.name, f)
         compared += t.comparable
     assert compared > 0

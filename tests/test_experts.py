@@ -177,6 +177,40 @@ def test_diff_per_expert_values():
                         load(Path(__file__).parent / "fixtures" / "smollm2-code.imatrix.gguf")) == []
 
 
+def test_diff_engine_gives_the_per_expert_cosines(monkeypatch):
+    """`imatui diff` takes each expert's cosine from the diff engine's passes (DiffReport.expert_cos)
+    instead of reading every expert tensor again: the same experts, values to 1e-13, on small blocks
+    and pieces too (a matrix row cut into several pieces adds up across them)."""
+    from imatui.stats import diff, engine
+    from imatui.stats.diff import compute_diff
+
+    im = load(QWEN)
+    entries = dict(im.entries)
+    e = im["blk.0.ffn_up_exps.weight"]
+    sums2, counts = np.array(e.sums2), np.array(e.counts)
+    sums2[5] = sums2[5][::-1]
+    counts[9], sums2[9] = 100, 1.0
+    counts[3], sums2[3] = 0, 0.0
+    sums2[7] = 0.0  # live, but all zero in B: no cosine
+    entries[e.name] = Entry.from_arrays(e.name, sums2, counts)
+    b = Imatrix(entries=entries, chunk_count=im.chunk_count)
+    whole = diff_experts(im, b)
+    for block, piece in ((1 << 21, 1 << 15), (64, 7)):
+        monkeypatch.setattr(engine, "BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(diff, "PIECE_ELEMENTS", piece)
+        report = compute_diff(im, b)
+        assert sorted(report.expert_cos) == sorted(d.name for d in whole)
+        fast = diff_experts(im, b, expert_cos=report.expert_cos)
+        assert [d.name for d in fast] == [d.name for d in whole]
+        for x, y in zip(whole, fast):
+            assert [v.cossim is None for v in x.experts] == [v.cossim is None for v in y.experts], x.name
+            assert [v.cossim for v in y.experts] == pytest.approx([v.cossim for v in x.experts], rel=1e-13, abs=1e-13)
+            assert (x.dead_a, x.dead_b, x.max_shift_expert) == (y.dead_a, y.dead_b, y.max_shift_expert)
+            assert y.min_cossim == pytest.approx(x.min_cossim, rel=1e-13)  # (unchanged tensors: all 1 to an ulp)
+        changed = fast[[d.name for d in fast].index(e.name)]
+        assert changed.min_expert == 5 and changed.experts[7].cossim is None
+
+
 def test_slowest_experts_between_checkpoints():
     prev = {1: np.array([10.0, 0.0, 5.0]), 2: np.array([3.0, 3.0, 3.0])}
     new = {1: np.array([30.0, 0.0, 6.0]), 2: np.array([4.0, 9.0, 3.0])}

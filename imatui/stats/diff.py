@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -58,7 +58,7 @@ class TensorDiff:
     experts_skipped: int | None = None  # matrices left out because their count is 0 in A or B
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat values: no deep copy needed
         d["shape_a"] = None if self.shape_a is None else list(self.shape_a)
         d["shape_b"] = None if self.shape_b is None else list(self.shape_b)
         return d
@@ -99,6 +99,9 @@ class DiffReport:
     only_b: list[str]
     layers: list[LayerDiff]  # per-layer similarity over all kinds
     by_kind: dict[str, list[float | None]] = field(default_factory=dict)  # kind -> cosine per layer 0..n-1
+    # tensors of several matrices (experts) compared: each matrix's cosine, nan where it has none
+    # (not live in both files); imatui.stats.experts.diff_experts turns it into the per-expert diff
+    expert_cos: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def tensor(self, name: str) -> TensorDiff | None:
         for t in self.tensors:
@@ -175,6 +178,7 @@ class ColumnDiff:
     top_share_delta: float | None = None
     experts_compared: int | None = None
     experts_skipped: int | None = None
+    expert_cos: np.ndarray | None = None  # tensors of several matrices: each matrix's cosine (nan: none)
 
 
 _TINY = np.finfo(np.float64).tiny
@@ -309,12 +313,15 @@ def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
                 todo[k] = True
     if not todo.any():
         return
-    # each row's divisor: count * Σ where live in both, else inf (its p and q are 0: they add nothing)
-    scale = {s: np.where(both & todo[:, None], cnt64[s] * np.where(todo, tot[s], 1.0)[:, None], np.inf)
+    # each row's factor: 1 / (count * Σ) where live in both, else 0 (its p and q are 0: they add nothing)
+    # (a multiplication: a third cheaper than dividing float32 by float64, and within an ulp of it)
+    scale = {s: 1.0 / np.where(both & todo[:, None], cnt64[s] * np.where(todo, tot[s], 1.0)[:, None], np.inf)
              for s in "ab"}
     c_max = max(1, PIECE_ELEMENTS // K)  # elements of each tensor per piece
     P, Q, R, T = (scratch_array(scratch, nm, (K, c_max), np.float64) for nm in ("P", "Q", "R", "T"))
-    pq, pp, qq, jp, jq = (np.zeros(K) for _ in range(5))
+    jp, jq = np.zeros(K), np.zeros(K)
+    # the cosine's sums row by row (a row is a piece of one matrix): per tensor, and per matrix (expert)
+    pq, pp, qq = (np.zeros((K, la.rows)) for _ in range(3))
     best = np.full(K, -1.0)
     best_i = np.zeros(K, np.int64)
     best_p, best_q = np.zeros(K), np.zeros(K)
@@ -326,11 +333,12 @@ def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
             p, q, r, t = P[:, :L], Q[:, :L], R[:, :L], T[:, :L]
             a3 = raw_a.reshape(K, r1 - r0, w)[:, g0 - r0 : g1 - r0, c0:c1]
             b3 = raw_b.reshape(K, r1 - r0, w)[:, g0 - r0 : g1 - r0, c0:c1]
-            np.divide(a3, scale["a"][:, g0:g1, None], out=p.reshape(K, m, cw))
-            np.divide(b3, scale["b"][:, g0:g1, None], out=q.reshape(K, m, cw))
-            pq += rowdot(p, q)
-            pp += rowdot(p, p)
-            qq += rowdot(q, q)
+            np.multiply(a3, scale["a"][:, g0:g1, None], out=p.reshape(K, m, cw))
+            np.multiply(b3, scale["b"][:, g0:g1, None], out=q.reshape(K, m, cw))
+            p3, q3 = p.reshape(K, m, cw), q.reshape(K, m, cw)
+            pq[:, g0:g1] += rowdot(p3, q3)
+            pp[:, g0:g1] += rowdot(p3, p3)
+            qq[:, g0:g1] += rowdot(q3, q3)
             # the top channel: largest |q - p|, the first of equals
             d = np.subtract(q, p, out=t)
             np.abs(d, out=d)
@@ -345,20 +353,27 @@ def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
                 best_i = np.where(better, (g0 + i // cw) * w + c0 + i % cw, best_i)
                 best_p = np.where(better, p[np.arange(K), i], best_p)
                 best_q = np.where(better, q[np.arange(K), i], best_q)
-            # Jensen–Shannon: r = p / m = 2p / (p + q)
+            # Jensen–Shannon: r = p / m = 2p / (p + q). Adding the smallest normal float leaves every
+            # value above 1e-292 as it is and keeps 0 / 0 and ln 0 out (cheaper than np.maximum)
             np.add(p, q, out=r)
-            np.maximum(r, _TINY, out=r)
+            r += _TINY
             np.divide(p, r, out=r)
             r *= 2
             np.subtract(2.0, r, out=t)
-            np.maximum(t, _TINY, out=t)
+            t += _TINY
             np.log(t, out=t)
             jq += rowdot(q, t)
-            np.maximum(r, _TINY, out=r)
+            r += _TINY
             np.log(r, out=r)
             jp += rowdot(p, r)
     ra.check_stamps()
     rb.check_stamps()
+    if la.n_mat > 1:  # each matrix's cosine: the sums of its q rows (nan where a side is all zero)
+        per = [x.reshape(K, la.n_mat, q_).sum(axis=2) for x in (pq, pp, qq)]
+        cos = np.clip(per[0] / np.sqrt(per[1] * per[2]), -1.0, 1.0)
+        for k in np.flatnonzero(todo):
+            out[k].expert_cos = cos[k]
+    pq, pp, qq = (x.sum(axis=1) for x in (pq, pp, qq))
     for k in np.flatnonzero(todo):
         r = out[k]
         dot, na, nb = float(pq[k]), float(pp[k]), float(qq[k])
@@ -428,11 +443,17 @@ def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | 
             r.rank_shift = r.rank_b - r.rank_a
 
     layers, by_kind = _layer_similarity(rows, a, b)
+    expert_cos = {}
+    for r in rows:
+        pair = res.get(("ab", r.name))
+        if pair is not None and a.entries[r.name].n_mat > 1:
+            cos = pair.expert_cos
+            expert_cos[r.name] = np.full(a.entries[r.name].n_mat, np.nan) if cos is None else cos
     return DiffReport(
         a=pa or "A", b=pb or "B", header=_header(a, b), tensors=rows,
         only_a=[n for n in names if n not in b.entries],
         only_b=[n for n in names if n not in a.entries],
-        layers=layers, by_kind=by_kind,
+        layers=layers, by_kind=by_kind, expert_cos=expert_cos,
     )
 
 

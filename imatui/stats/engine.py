@@ -348,10 +348,11 @@ def row_counts(mask: np.ndarray) -> np.ndarray:
 
 
 def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Each row of a with the same row of b (BLAS-fast np.vecdot where numpy has it)."""
+    """Each row (last axis) of a with the same row of b, or with the vector b (BLAS-fast np.vecdot
+    where numpy has it)."""
     if _VECDOT is not None:
         return _VECDOT(a, b)
-    return np.einsum("ij,j->i" if b.ndim == 1 else "ij,ij->i", a, b)
+    return np.einsum("...j,...j->...", a, b)
 
 
 _VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0

@@ -19,7 +19,7 @@ Pure numpy, no Textual. The per-expert statistics reuse the stats engine's per-t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -367,10 +367,10 @@ class ExpertDiff:
     def share_delta(self) -> float:
         return self.share_b - self.share_a
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["share_delta"] = self.share_delta
-        return d
+    def to_dict(self) -> dict[str, Any]:  # by hand: asdict's deep copies take seconds for 44,544 experts
+        return {"expert": self.expert, "tokens_a": self.tokens_a, "tokens_b": self.tokens_b,
+                "share_a": float(self.share_a), "share_b": float(self.share_b), "cossim": self.cossim,
+                "share_delta": float(self.share_delta)}
 
 
 @dataclass
@@ -388,8 +388,9 @@ class TensorExpertDiff:
     max_shift_expert: int
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["experts"] = [x.to_dict() for x in self.experts]
+        d["dead_a"], d["dead_b"] = list(self.dead_a), list(self.dead_b)
         return d
 
 
@@ -406,23 +407,30 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(cos, -1.0, 1.0)
 
 
-def diff_tensor_experts(ea: Entry, eb: Entry) -> TensorExpertDiff:
-    """Expert by expert: the cosine of each expert's channels in A and in B, and its token shares."""
+def diff_tensor_experts(ea: Entry, eb: Entry, cos: np.ndarray | None = None) -> TensorExpertDiff:
+    """Expert by expert: the cosine of each expert's channels in A and in B, and its token shares.
+
+    `cos`: each expert's cosine when the diff engine computed them already (DiffReport.expert_cos,
+    which checked the values); else they are computed here from the whole tensors."""
     if ea.shape != eb.shape:
         raise ImatrixError(f"{ea.name}: shapes differ ({ea.shape} and {eb.shape})")
     ca = np.asarray(ea.counts, dtype=np.float64)
     cb = np.asarray(eb.counts, dtype=np.float64)
-    sa, sb = np.asarray(ea.sums2), np.asarray(eb.sums2)
-    for side, sums2, counts in (("A", sa, ca), ("B", sb, cb)):
-        # a NaN would only make its expert's cosine undefined: say so instead of hiding the expert
-        if not (np.all(np.isfinite(counts)) and np.isfinite(float(np.sum(sums2, dtype=np.float64)))):
-            raise CorruptError(f"tensor {ea.name} has non-finite values (NaN or Inf) in {side}")
-    cos = _row_cosines(sa, sb)
+    if cos is None:
+        sa, sb = np.asarray(ea.sums2), np.asarray(eb.sums2)
+        for side, sums2, counts in (("A", sa, ca), ("B", sb, cb)):
+            # a NaN would only make its expert's cosine undefined: say so instead of hiding the expert
+            if not (np.all(np.isfinite(counts)) and np.isfinite(float(np.sum(sums2, dtype=np.float64)))):
+                raise CorruptError(f"tensor {ea.name} has non-finite values (NaN or Inf) in {side}")
+        cos = _row_cosines(sa, sb)
     both = (ca > 0) & (cb > 0) & np.isfinite(cos)
     ta, tb = float(ca.sum()), float(cb.sum())
-    experts = [ExpertDiff(expert=e, tokens_a=int(ca[e]), tokens_b=int(cb[e]),
-                          share_a=ca[e] / ta if ta else 0.0, share_b=cb[e] / tb if tb else 0.0,
-                          cossim=float(cos[e]) if both[e] else None) for e in range(ea.n_mat)]
+    share_a = (ca / ta if ta else np.zeros_like(ca)).tolist()  # plain floats: 44,544 experts in a DeepSeek diff
+    share_b = (cb / tb if tb else np.zeros_like(cb)).tolist()
+    experts = [ExpertDiff(expert=e, tokens_a=int(na), tokens_b=int(nb), share_a=sa, share_b=sb,
+                          cossim=c if ok else None)
+               for e, (na, nb, sa, sb, c, ok) in enumerate(zip(ca.tolist(), cb.tolist(), share_a, share_b,
+                                                              cos.tolist(), both.tolist()))]
     live = [x for x in experts if x.cossim is not None]
     low = min(live, key=lambda x: (x.cossim, x.expert)) if live else None
     shift = max(experts, key=lambda x: (abs(x.share_delta), -x.expert))
@@ -436,9 +444,13 @@ def diff_tensor_experts(ea: Entry, eb: Entry) -> TensorExpertDiff:
     )
 
 
-def diff_experts(a: Imatrix, b: Imatrix, cancelled: Callable[[], bool] | None = None) -> list[TensorExpertDiff]:
+def diff_experts(a: Imatrix, b: Imatrix, cancelled: Callable[[], bool] | None = None,
+                 expert_cos: dict[str, np.ndarray] | None = None) -> list[TensorExpertDiff]:
     """Per expert tensor present in both files with the same shape, expert by expert; in name order.
-    Empty when neither file has expert tensors (or a legacy .dat lost them)."""
+    Empty when neither file has expert tensors (or a legacy .dat lost them).
+
+    `expert_cos`: DiffReport.expert_cos of compute_diff(a, b), whose engine computed every expert's
+    cosine in its passes (then nothing is read here); without it each tensor is read whole."""
     out = []
     for name in sorted(set(a.entries) & set(b.entries)):
         ea, eb = a.entries[name], b.entries[name]
@@ -446,7 +458,7 @@ def diff_experts(a: Imatrix, b: Imatrix, cancelled: Callable[[], bool] | None = 
             continue
         if cancelled is not None and cancelled():
             raise InterruptedError("cancelled")
-        out.append(diff_tensor_experts(ea, eb))
+        out.append(diff_tensor_experts(ea, eb, None if expert_cos is None else expert_cos[name]))
     return out
 
 
