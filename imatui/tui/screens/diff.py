@@ -635,8 +635,10 @@ class DiffScreen(Screen):
         eb = None if b is None else b.entries.get(name)
         if ea is None or eb is None or ea.n_mat < 2 or ea.shape != eb.shape:
             return
+        report = self.report  # its engine computed each expert's cosine: nothing to read then
+        cos = None if report is None else report.expert_cos.get(name)
         try:
-            diff = diff_tensor_experts(ea, eb)
+            diff = diff_tensor_experts(ea, eb, cos)
         except TruncatedError:
             return  # being rewritten: _read_channels says so
         except ImatrixError as exc:
