@@ -182,11 +182,10 @@ def _diff_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_diff(args: argparse.Namespace) -> int:
     from imatui.errors import FormatError
-    from imatui.formats import load
+    from imatui.formats import load_pair
 
-    try:
-        a = load(args.a, chunk_size=args.chunk_size)
-        b = load(args.b, chunk_size=args.chunk_size)
+    try:  # the two headers parsed side by side when the diff is printed (the app has threads)
+        a, b = load_pair(args.a, args.b, chunk_size=args.chunk_size, fork=args.format is not None)
     except FormatError as exc:
         if "GGUF model" not in str(exc):
             raise

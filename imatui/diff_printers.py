@@ -83,26 +83,39 @@ def _shape(t: TensorDiff) -> tuple[int | None, int | None]:
 
 def format_json(report: DiffReport, sort: str | None = None,
                 experts: list[TensorExpertDiff] | None = None) -> str:
-    d = report.to_dict()
-    d["tensors"] = [t.to_dict() for t in sort_rows(report.tensors, sort)]
-    rows: list[str] = []
+    """Indented JSON, each row of the long arrays (tensors, layers, the experts of each expert
+    tensor: 44,544 of them in a DeepSeek diff) on one line, written by json's C encoder."""
     mark = secrets.token_hex(8)  # no name in a file can forge it
-    if experts:  # each expert on one line (a DeepSeek file has 44,544 of them)
+    arrays: list[list[str]] = []
+
+    def rows(items: list[str]) -> str:
+        arrays.append(items)
+        return f"{mark} {len(arrays) - 1}"
+
+    d = report.to_dict()
+    d["tensors"] = rows([json.dumps(_clean(t.to_dict()), allow_nan=False)
+                         for t in sort_rows(report.tensors, sort)])
+    d["layers"] = rows([json.dumps(_clean(lay), allow_nan=False) for lay in d["layers"]])
+    if experts:
         d["experts"] = []
-        for i, x in enumerate(experts):
+        for x in experts:
             xd = x.to_dict()
-            # one call of the C encoder a tensor; the items are flat dicts of numbers, so "}, {" is
-            # only ever the seam between two of them
-            rows.append(json.dumps(xd["experts"], allow_nan=False)[1:-1])
-            xd["experts"] = f"{mark} {i}"
+            # one C-encoder call a tensor: its items are flat dicts of numbers (None for no cosine),
+            # so "}, {" is only ever the seam between two of them
+            flat = json.dumps(xd["experts"], allow_nan=False)[1:-1]
+            xd["experts"] = rows(flat.replace("}, {", "}\0{").split("\0") if flat else [])
             d["experts"].append(xd)
     text = json.dumps(_clean(d), indent=2, allow_nan=False)
-    if rows:
-        pad = " " * 8  # the items of report["experts"][i]["experts"]
-        text = re.sub(f'"{mark} (\\d+)"',
-                      lambda m: "[\n" + pad + rows[int(m[1])].replace("}, {", "},\n" + pad + "{") + "\n" + pad[2:] + "]"
-                      if rows[int(m[1])] else "[]", text)
-    return text + "\n"
+
+    def expand(m: re.Match) -> str:
+        items = arrays[int(m[1])]
+        if not items:
+            return "[]"
+        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]  # '    "key": ' before the array
+        pad = " " * (len(line) - len(line.lstrip()))
+        return "[\n" + ",\n".join(pad + "  " + r for r in items) + "\n" + pad + "]"
+
+    return re.sub(f'"{mark} (\\d+)"', expand, text) + "\n"
 
 
 def format_csv(report: DiffReport, sort: str | None = None) -> str:

@@ -403,3 +403,35 @@ def test_nan_in_an_unused_expert_is_an_error_in_the_diff():
     with pytest.raises(ImatrixError, match=r"blk.0.ffn_up_exps.weight has 1 non-finite values \(NaN or Inf\)"):
         compute_diff(a, b)
     assert compute_diff(b, b).tensors[0].js == 0.0
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_load_pair_equals_two_loads(fixtures, monkeypatch, fork):
+    """`imatui diff` parses B in a forked process while A is parsed: the same Imatrix as load(b)
+    (names, shapes, counts, data read through the entries afterwards)."""
+    from imatui.formats import detect, load_pair
+
+    monkeypatch.setattr(detect.threading, "active_count", lambda: 1)  # pytest's own threads aside
+    a, b = load_pair(fixtures / PROSE, fixtures / CODE, fork=fork)
+    for got, path in ((a, PROSE), (b, CODE)):
+        want = load(fixtures / path)
+        assert got.path == want.path and got.chunk_count == want.chunk_count and got.datasets == want.datasets
+        assert list(got.entries) == list(want.entries)
+        for name in ("blk.0.attn_q.weight", "blk.29.ffn_down.weight"):
+            assert np.array_equal(np.asarray(got.entries[name].counts), np.asarray(want.entries[name].counts))
+            assert np.array_equal(np.asarray(got.entries[name].sums2), np.asarray(want.entries[name].sums2))
+
+
+def test_load_pair_errors_are_a_first_then_b(fixtures, tmp_path, monkeypatch):
+    from imatui.formats import detect, load_pair
+
+    monkeypatch.setattr(detect.threading, "active_count", lambda: 1)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(ImatrixError, match="missing.gguf: no such file"):
+        load_pair(missing, junk, fork=True)
+    with pytest.raises(ImatrixError, match="junk.gguf"):
+        load_pair(fixtures / PROSE, junk, fork=True)
+    with pytest.raises(ImatrixError, match="missing.gguf: no such file"):
+        load_pair(fixtures / PROSE, missing, fork=True)

@@ -208,7 +208,9 @@ def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[],
         lays, readers = {}, {}
         for s in sides:
             entries = [getattr(c, s) for c in cols]
-            lays[s] = Layout.of(entries, sub)
+            # each side's read blocks half as long as a statistics pass's: the two together fill the
+            # same cache (two worker processes with 16 MB of blocks each left the L3 of 32 MB no room)
+            lays[s] = Layout.of(entries, sub, block_elements=engine.BLOCK_ELEMENTS // len(sides))
             readers[s] = stack.enter_context(BlockReader(lays[s], entries, cancelled, scratch, "raw" + s))
         pair = len(sides) == 2
         both = lays["a"].live & lays["b"].live if pair else None  # (K, rows): matrices live in both

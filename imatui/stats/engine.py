@@ -107,16 +107,19 @@ class Layout:
         return self.sub_rows * self.w
 
     @classmethod
-    def of(cls, entries: list[Entry], sub_elements: int, counts: np.ndarray | None = None) -> Layout:
+    def of(cls, entries: list[Entry], sub_elements: int, counts: np.ndarray | None = None,
+           block_elements: int | None = None) -> Layout:
         """The layout of tensors of one shape; `counts` (K, n_mat) in place of their own (the diff's
-        rows live in both files)."""
+        rows live in both files); `block_elements`: of a read block, BLOCK_ELEMENTS unless given."""
+        if block_elements is None:
+            block_elements = BLOCK_ELEMENTS
         n_mat, n_in = entries[0].shape
         K = len(entries)
         w = _row_width(n_in, K, sub_elements)
         q = n_in // w
         rows = n_mat * q
         sub_rows = max(1, min(rows, sub_elements // max(1, K * w)))
-        rows_per_block = max(sub_rows, min(rows, BLOCK_ELEMENTS // max(1, K * w)) // sub_rows * sub_rows)
+        rows_per_block = max(sub_rows, min(rows, block_elements // max(1, K * w)) // sub_rows * sub_rows)
         if counts is None:
             counts = np.stack([np.asarray(e.counts, dtype=np.float64).reshape(-1) for e in entries])
         live = counts > 0
