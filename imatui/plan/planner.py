@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imatui.errors import ImatrixError
 from imatui.imatrix import Imatrix, split_name
-from imatui.plan.check import ERROR, check
+from imatui.plan.check import check
 from imatui.plan.model import Model
 from imatui.plan.probe import ErrorTable
 from imatui.plan.qtypes import HIGH_PRECISION, NEEDS_IMATRIX, needs_imatrix, real_type, row_bytes

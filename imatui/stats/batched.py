@@ -298,7 +298,7 @@ def zd_threshold(mean: np.float32, dev: np.float32) -> np.float32:
 
 def pass2(lay: Layout, reader: BlockReader, p1: Pass1, c: Centre, scratch: dict) -> Pass2:
     """The entropy (needs Σ), ZD (needs μ, σ), the top channels (need the row maxima) and the moments."""
-    K, w, rows = lay.K, lay.w, lay.rows
+    K, w = lay.K, lay.w
     s_max = lay.sub_elements
     pbuf = scratch_array(scratch, "p", (K, padded(s_max)), F32)[:, :s_max]
     tbuf = scratch_array(scratch, "t", (s_max + 1, K), F32)
