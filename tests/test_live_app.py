@@ -77,7 +77,8 @@ async def test_file_deleted_while_open_keeps_the_last_data(tmp_path):
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.open_file.status == "idle")  # followed, nothing changed yet
+        # followed, nothing changed yet (the header shows the state a message after it flips)
+        await _wait(pilot, lambda: app.open_file.status == "idle" and "● idle" in header(app))
         assert "20 × 512" in header(app) and "● idle" in header(app)
         os.remove(path)
         await _wait(pilot, lambda: app.open_file.status == DELETED)

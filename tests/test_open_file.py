@@ -42,7 +42,7 @@ async def test_a_file_that_breaks_the_statistics_is_a_notification_and_following
     app = make_app([str(path)])
     async with app.run_test(size=(120, 36)) as pilot:
         await app.wait_for_data()
-        await _wait(pilot, lambda: app.open_file.status == "idle")
+        await _wait(pilot, lambda: app.open_file.status == "idle" and "40 × 512" in header(app))
         assert "40 × 512" in header(app) and app.tensor_table.row_count == 210
         bad = zero_length_file(tmp_path / ".bad.tmp")
         os.replace(bad, path)
