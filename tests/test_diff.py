@@ -312,6 +312,10 @@ def _random_pair(rng: np.random.Generator) -> tuple[Imatrix, Imatrix]:
             else:
                 ea[name] = Entry.from_arrays(name, sa, ca)
                 eb[name] = Entry.from_arrays(name, sb, cb)
+                if rng.random() < 0.3:  # a copy in both files, as llama's attn_k of attn_q: computed once
+                    copy = f"blk.{blk}.t{j}x.weight"
+                    ea[copy] = Entry.from_arrays(copy, sa.copy(), ca.copy())
+                    eb[copy] = Entry.from_arrays(copy, sb.copy(), cb.copy())
     return (Imatrix(entries=ea, datasets=["a"], chunk_count=1, chunk_size=512),
             Imatrix(entries=eb, datasets=["b"], chunk_count=2, chunk_size=512))
 
@@ -435,3 +439,42 @@ def test_load_pair_errors_are_a_first_then_b(fixtures, tmp_path, monkeypatch):
         load_pair(fixtures / PROSE, junk, fork=True)
     with pytest.raises(ImatrixError, match="missing.gguf: no such file"):
         load_pair(fixtures / PROSE, missing, fork=True)
+
+
+def test_copies_are_compared_once_and_near_copies_apart(monkeypatch):
+    """A tensor whose bytes repeat an earlier one's in both files (llama-imatrix writes attn_q/k/v and
+    ffn_gate/up so) takes the earlier one's comparison without a second pass; one that only looks
+    like a copy after pass 1 (the same counts, row sums and Σ: two values of a row swapped) is
+    compared on its own. Both against the per-tensor code."""
+    from imatui.stats import diff
+    from tests.diff_reference import reference_row
+
+    rng = np.random.default_rng(5)
+    n_mat, n_in = 4, 96
+    ca, cb = np.array([3.0, 0.0, 5.0, 7.0]), np.array([2.0, 4.0, 0.0, 6.0])
+    sa = rng.integers(1, 50, (n_mat, n_in)).astype(np.float32) * ca[:, None]  # integers: exact sums in any order
+    sb = rng.integers(1, 50, (n_mat, n_in)).astype(np.float32) * cb[:, None]
+    near = sa.copy()
+    near[0, [3, 70]] = near[0, [70, 3]]  # same row sums and Σ, other bytes
+    assert near[0, 3] != near[0, 70]
+    ea = {n: Entry.from_arrays(n, x, ca) for n, x in (("blk.0.attn_q.weight", sa), ("blk.0.attn_k.weight", sa.copy()),
+                                                   ("blk.0.attn_v.weight", near))}
+    eb = {n: Entry.from_arrays(n, sb.copy(), cb) for n in ea}
+    a, b = Imatrix(entries=ea, chunk_count=1), Imatrix(entries=eb, chunk_count=1)
+    passes = []
+    real = diff._pass2
+    monkeypatch.setattr(diff, "_pass2", lambda lays, *rest: passes.append(lays["a"].K) or real(lays, *rest))
+    report = compute_diff(a, b)
+    assert passes == [2]  # attn_k (first in name order) and attn_v; attn_q is attn_k's copy
+    for t in report.tensors:
+        with np.errstate(all="ignore"):
+            r = reference_row(t.name, a.entries[t.name], b.entries[t.name])
+        for f in ("sum_a", "sum_b", "reason", "experts_compared", "experts_skipped", "top_channel"):
+            assert getattr(t, f) == getattr(r, f), (t.name, f)
+        for f in ("cossim", "js", "top_value_a", "top_value_b", "top_share_delta"):
+            assert getattr(t, f) == pytest.approx(getattr(r, f), rel=1e-12, abs=1e-12), (t.name, f)
+    q, k, v = (report.tensor(f"blk.0.attn_{x}.weight") for x in "qkv")
+    assert (q.cossim, q.js, q.top_channel) == (k.cossim, k.js, k.top_channel)
+    assert v.js != k.js
+    assert np.array_equal(report.expert_cos["blk.0.attn_q.weight"], report.expert_cos["blk.0.attn_k.weight"],
+                          equal_nan=True)

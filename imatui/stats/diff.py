@@ -231,8 +231,44 @@ def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[],
                 setattr(out[k], "sum_" + s, float(total[k]))
         if not pair or any(r.error_a or r.error_b for r in out):
             return out
-        _pass2(lays, readers, both, sums, out, scratch)
+        copies = _copies(lays, readers, sums)
+        if not copies:
+            _pass2(lays, readers, both, sums, out, scratch)
+            return out
+        # pass 2 over the tensors that are not byte-for-byte copies of an earlier one in both files
+        keep = [k for k in range(len(cols)) if k not in copies]
+        sub_lays = {s: lays[s].subset(keep) for s in "ab"}
+        sub_readers = {s: stack.enter_context(BlockReader(sub_lays[s], [getattr(cols[k], s) for k in keep],
+                                                          cancelled, scratch, "raw" + s)) for s in "ab"}
+        sub_sums = {s: tuple(x[keep] for x in sums[s]) for s in "ab"}
+        _pass2(sub_lays, sub_readers, both[keep], sub_sums, [out[k] for k in keep], scratch)
+        for k, first in copies.items():
+            _copy_comparison(out[first], out[k])
     return out
+
+
+def _copies(lays: dict[str, Layout], readers: dict[str, BlockReader], sums: dict) -> dict[int, int]:
+    """{k: first}: tensors of the batch whose bytes equal an earlier one's in A and in B.
+
+    llama-imatrix's files repeat many tensors byte for byte (the matmuls of one input: attn_q/k/v,
+    ffn_gate/up, ffn_gate_exps/up_exps): a third of the elements of SmolLM2's and DeepSeek's. Their
+    comparison is the same, so it is computed once. Candidates have equal counts, float64 row sums
+    and Σ on both sides (pass 1); the bytes themselves decide."""
+    seen: dict[bytes, int] = {}
+    copies: dict[int, int] = {}
+    for k in range(lays["a"].K):
+        key = b"".join(np.ascontiguousarray(x[k]).tobytes() for s in "ab"
+                       for x in (lays[s].counts, sums[s][2], sums[s][0]))
+        first = seen.setdefault(key, k)
+        if first != k and all(readers[s].same_bytes(first, k) for s in "ab"):
+            copies[k] = first
+    return copies
+
+
+def _copy_comparison(src: ColumnDiff, dst: ColumnDiff) -> None:
+    for f in ("reason", "cossim", "js", "top_channel", "top_value_a", "top_value_b", "top_share_delta",
+              "experts_compared", "experts_skipped", "expert_cos"):
+        setattr(dst, f, getattr(src, f))
 
 
 def _vmax(reader: BlockReader, lay: Layout, k: int) -> float:

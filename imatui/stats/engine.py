@@ -37,6 +37,7 @@ calls, less waiting).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import signal
@@ -101,6 +102,11 @@ class Layout:
     @property
     def block_elements(self) -> int:
         return self.rows_per_block * self.w
+
+    def subset(self, keep: list[int]) -> Layout:
+        """The same cut (w, rows, blocks) for the columns `keep` alone."""
+        return dataclasses.replace(self, K=len(keep), counts=self.counts[keep], cnt=self.cnt[keep],
+                                   live=self.live[keep], n_live=self.n_live[keep])
 
     @property
     def sub_elements(self) -> int:
@@ -291,6 +297,20 @@ class BlockReader:
         if src.slice is not None:
             check_stamp(self.fds[src.slice.path], src.slice)
         return arr
+
+    def same_bytes(self, k1: int, k2: int) -> bool:
+        """Whether tensors k1 and k2 hold the same bytes (read in steps, stamp-checked)."""
+        s1, s2, n = self.sources[k1], self.sources[k2], self.lay.n
+        step = BLOCK_ELEMENTS
+        t1, t2 = np.empty(min(n, step), F32), np.empty(min(n, step), F32)
+        for s in range(0, n, step):
+            a, b = t1[: min(step, n - s)], t2[: min(step, n - s)]
+            s1.read_into(a, s, self.fds)
+            s2.read_into(b, s, self.fds)
+            if not np.array_equal(a.view(np.uint32), b.view(np.uint32)):
+                return False
+        self.check_stamps()
+        return True
 
     def count_nonfinite(self, k: int) -> int:
         """NaN and Inf among all of tensor k's values (the rows llama skips included)."""
