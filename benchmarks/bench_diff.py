@@ -1,7 +1,7 @@
 """`imatui diff A B` of two ~1 GB imatrix files against one `imatui stats A` pass, in the same run.
 
     python benchmarks/bench_diff.py [--a /tmp/imatui-bench/deepseek.imatrix.gguf]
-                                    [--b /tmp/imatui-bench/deepseek-b.imatrix.gguf] [--repeat 3]
+                                    [--b /tmp/imatui-bench/deepseek-b.imatrix.gguf] [--repeat 3] [--copies]
 
 A is the DeepSeek-V3-shaped file of benchmarks/make_deepseek.py (written first when missing); B is
 derived from it (each tensor's channels scaled by a seeded smooth profile, a few more experts never
@@ -14,6 +14,10 @@ of a command (imatui forks a worker per CPU; wait4 reports the children a proces
 machine shared with other work, where a command gets a varying part of the cores, the CPU ratio is
 the one that stays put, and on a quiet machine both commands keep the cores busy, so that the wall
 ratio comes near it. Peak RSS is the sum over a command's processes, sampled in a run of its own.
+
+`--copies` runs on copies of A and B with llama-imatrix's repeated tensors (its files hold the
+up and gate experts, shared experts and dense FFN, and attn_kv_a_mqa and attn_q_a, byte for byte
+alike: their matmuls share one input), which the diff compares once.
 
 Targets (issue 15): diff <= 2x one stats pass, peak RSS of all processes <= 400 MB; judged on
 `--format json` (everything, 44,544 expert rows included); `--format table` is shown beside it.
@@ -89,16 +93,51 @@ def make_b(a_path: Path, b_path: Path) -> None:
           file=sys.stderr)
 
 
+# the tensors llama-imatrix writes with the same bytes (their matmuls share one input): copy <- original
+LLAMA_COPIES = {"ffn_up_exps": "ffn_gate_exps", "ffn_up_shexp": "ffn_gate_shexp", "ffn_up": "ffn_gate",
+                "attn_kv_a_mqa": "attn_q_a"}
+
+
+def make_copies(src: Path, dst: Path) -> None:
+    """src with llama-imatrix's repeats: each tensor of LLAMA_COPIES holds its original's bytes."""
+    from imatui.formats import load
+    from imatui.formats.write import save
+    from imatui.imatrix import Entry, Imatrix
+
+    im = load(src)
+    entries = {}
+    for name, e in im.entries.items():
+        parts = name.split(".")
+        if len(parts) == 4 and parts[2] in LLAMA_COPIES:
+            o = im.entries[f"{parts[0]}.{parts[1]}.{LLAMA_COPIES[parts[2]]}.weight"]
+            e = Entry(name=name, shape=o.shape, counts=o.counts, _sums2=lambda o=o: o.sums2)
+        entries[name] = e
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    save(Imatrix(entries=entries, datasets=im.datasets, chunk_count=im.chunk_count, chunk_size=im.chunk_size,
+                 format="gguf"), tmp, format="gguf")
+    os.replace(tmp, dst)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--a", type=Path, default=DEFAULT_A)
     p.add_argument("--b", type=Path, default=DEFAULT_B)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--copies", action="store_true",
+                   help="A and B with llama-imatrix's repeated tensors (up = gate, attn_kv_a_mqa = attn_q_a), "
+                        "written beside them once")
     args = p.parse_args(argv)
     if not args.a.exists():
         subprocess.run([sys.executable, str(HERE / "make_deepseek.py"), "-o", str(args.a)], check=True)
     if not args.b.exists():
         make_b(args.a, args.b)
+    if args.copies:
+        for side in ("a", "b"):
+            path = getattr(args, side)
+            copies = path.with_name(path.name.replace(".imatrix.gguf", "") + "-copies.imatrix.gguf")
+            if not copies.exists():
+                make_copies(path, copies)
+            setattr(args, side, copies)
     for path in (args.a, args.b):  # a warm page cache for every run alike
         with open(path, "rb") as f:
             while f.read(1 << 24):
