@@ -46,8 +46,13 @@ def _text(screen: ExpertsScreen, widget_id: str) -> str:
 
 
 def _detail_for(screen: ExpertsScreen, layer: int, expert: int) -> bool:
+    """The detail of this expert is computed and drawn (its text follows the data by a message: CI
+    once read the first line alone)."""
     d = screen.detail
-    return d is not None and (d.layer, d.expert) == (layer, expert)
+    if d is None or (d.layer, d.expert) != (layer, expert):
+        return False
+    lines = _text(screen, "#exp-detail-text").split("\n")
+    return lines[0].startswith(f"blk.{layer} expert {expert} ") and len(lines) > 1 and "Σ" in lines[1]
 
 
 def _synthetic(n_layers: int = 58, n_experts: int = 256, n_in: int = 4) -> Imatrix:
