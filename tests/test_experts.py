@@ -149,17 +149,24 @@ def test_expert_rows_sort():
     assert lines[7].split()[:4] == ["13", "6", "0.05%", "64.00"] and lines[7].endswith("rare")
 
 
-def test_diff_per_expert_values():
-    im = load(QWEN)
-    # B: expert 5 of blk.0's up tensor gets other channels, expert 9 (dead) gets tokens, expert 3 loses them
+def _changed_b(im: Imatrix, zero: int | None = None) -> tuple[Imatrix, Entry]:
+    """B: expert 5 of blk.0's up tensor gets other channels, expert 9 (dead) gets tokens, expert 3
+    loses them; expert `zero` keeps its tokens with all its values 0."""
     entries = dict(im.entries)
     e = im["blk.0.ffn_up_exps.weight"]
     sums2, counts = np.array(e.sums2), np.array(e.counts)
     sums2[5] = sums2[5][::-1]
     counts[9], sums2[9] = 100, 1.0
     counts[3], sums2[3] = 0, 0.0
+    if zero is not None:
+        sums2[zero] = 0.0
     entries[e.name] = Entry.from_arrays(e.name, sums2, counts)
-    b = Imatrix(entries=entries, chunk_count=im.chunk_count)
+    return Imatrix(entries=entries, chunk_count=im.chunk_count), e
+
+
+def test_diff_per_expert_values():
+    im = load(QWEN)
+    b, e = _changed_b(im)
     diffs = {d.name: d for d in diff_experts(im, b)}
     assert len(diffs) == 12  # every expert tensor of the 4 blocks
     d = diffs[e.name]
@@ -185,15 +192,7 @@ def test_diff_engine_gives_the_per_expert_cosines(monkeypatch):
     from imatui.stats.diff import compute_diff
 
     im = load(QWEN)
-    entries = dict(im.entries)
-    e = im["blk.0.ffn_up_exps.weight"]
-    sums2, counts = np.array(e.sums2), np.array(e.counts)
-    sums2[5] = sums2[5][::-1]
-    counts[9], sums2[9] = 100, 1.0
-    counts[3], sums2[3] = 0, 0.0
-    sums2[7] = 0.0  # live, but all zero in B: no cosine
-    entries[e.name] = Entry.from_arrays(e.name, sums2, counts)
-    b = Imatrix(entries=entries, chunk_count=im.chunk_count)
+    b, e = _changed_b(im, zero=7)  # expert 7: live, but all zero in B: no cosine
     whole = diff_experts(im, b)
     for block, piece in ((1 << 21, 1 << 15), (64, 7)):
         monkeypatch.setattr(engine, "BLOCK_ELEMENTS", block)

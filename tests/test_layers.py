@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "imatui"
 
 LAYERS = {
-    "imatui": 0, "imatui.imatrix": 0, "imatui.errors": 0,
+    "imatui": 0, "imatui.imatrix": 0, "imatui.errors": 0, "imatui.forked": 0,
     "imatui.formats": 1,
     "imatui.stats": 2, "imatui.live": 2, "imatui.ops": 2, "imatui.collect": 2, "imatui.plan": 2,
     "imatui.printers": 3, "imatui.diff_printers": 3, "imatui.plan_printers": 3, "imatui.numfmt": 3,

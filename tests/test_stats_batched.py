@@ -392,8 +392,10 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
 
     # a child cut off while it writes (the parent reads a part of the pickle)
     monkeypatch.setattr(batched, "run_batch", real)
-    real_dumps = engine.pickle.dumps
-    monkeypatch.setattr(engine.pickle, "dumps", lambda obj: real_dumps(obj)[:40])
+    from imatui import forked as forked_module
+
+    real_dumps = forked_module.pickle.dumps
+    monkeypatch.setattr(forked_module.pickle, "dumps", lambda obj: real_dumps(obj)[:40])
     with pytest.raises(ChildProcessError, match=r"ended without its results \(exit status 0\)"):
         batched.run_all(plan, None, None, threads=2, fork=True)
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import pickle
-import signal
-import sys
 import threading
 from pathlib import Path
 
+from imatui import forked
 from imatui.errors import FormatError, ImatrixError, NotFoundError
 from imatui.formats.gguf import GGUF_MAGIC, read_gguf
 from imatui.formats.legacy import DEFAULT_CHUNK_SIZE, read_legacy
@@ -16,7 +14,6 @@ from imatui.imatrix import Imatrix
 
 
 _SNIFF_BYTES = 1 << 20
-_CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")  # macOS: fork is unsafe with its libraries
 
 
 def _check_path(path: Path) -> int:
@@ -65,60 +62,19 @@ def load_pair(a: str | Path, b: str | Path, *, chunk_size: int = DEFAULT_CHUNK_S
     records) and sent back pickled: its entries hold counts and file offsets, never the data.
 
     Errors are A's first, then B's, as with two calls in a row; Ctrl-C stops both."""
-    if not (fork and _CAN_FORK and threading.active_count() == 1):
+    if not (fork and forked.CAN_FORK and threading.active_count() == 1):
         return load(a, chunk_size=chunk_size), load(b, chunk_size=chunk_size)
-    rfd, wfd = os.pipe()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(rfd)
-        os.close(wfd)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        raise
-    if pid == 0:  # the child: parse B, send it, leave without the parent's exit code
-        code = 0
-        try:
-            os.close(rfd)
-            try:
-                payload: tuple = ("ok", load(b, chunk_size=chunk_size))
-            except BaseException as e:  # noqa: BLE001 - raised in the parent
-                payload = ("error", e)
-            try:
-                data = pickle.dumps(payload)
-            except Exception as e:  # noqa: BLE001
-                data = pickle.dumps(("error", FormatError(f"cannot parse: {e}", b)))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(wfd, view):]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    os.close(wfd)
-    done = False
+    child = forked.start(lambda: load(b, chunk_size=chunk_size))
     try:
         first = load(a, chunk_size=chunk_size)
-        with os.fdopen(rfd, "rb") as pipe:
-            rfd = -1
-            data = pipe.read()
-        os.waitpid(pid, 0)
-        done = True
-    finally:
-        if rfd >= 0:
-            os.close(rfd)
-        if not done:  # A failed or Ctrl-C: B's parse is not wanted
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-    try:
-        status, value = pickle.loads(data)
-    except Exception:  # noqa: BLE001 - the child died before sending
+        sent, _ = forked.result(child)
+    except BaseException:  # A's error first (or Ctrl-C): B's parse is not wanted
+        forked.stop(child)
+        raise
+    if sent is None:  # the child died before sending: parse B here
         return first, load(b, chunk_size=chunk_size)
-    if status == "error":
+    kind, value = sent
+    if kind == "error":
         raise value
     return first, value
 

@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from imatui import forked
 from imatui.errors import TruncatedError
 from imatui.imatrix import Entry
 
@@ -544,7 +542,7 @@ def _run_serial(batches: list, path: str | None, cancelled: Callable[[], bool] |
     return res
 
 
-_CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")  # macOS: fork is unsafe with its libraries
+_CAN_FORK = forked.CAN_FORK
 
 
 def _run_forked(batches: list, path: str | None, cancelled: Callable[[], bool] | None,
@@ -557,62 +555,22 @@ def _run_forked(batches: list, path: str | None, cancelled: Callable[[], bool] |
         shares[i].append(b)
         loads[i] += batch_size(b)
 
-    children: list[tuple[int, int]] = []  # (pid, read end of its pipe), until reaped
+    children: list[forked.Child] = []  # until reaped
     out: dict[str, Any] = {}
     try:
         for share in shares[1:]:
-            if not share:
-                continue
-            rfd, wfd = os.pipe()
-            # Ctrl-C between fork and the child's own handler would unwind the child into our code
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-            try:
-                pid = os.fork()
-            except BaseException:
-                os.close(rfd)
-                os.close(wfd)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                raise
-            if pid == 0:  # the child: compute, send, and leave without running the parent's exit code
-                code = 0
-                try:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    os.close(rfd)
-                    for _, other in children:
-                        os.close(other)
-                    try:
-                        payload: tuple = ("ok", _run_serial(share, path, None, None, job))
-                    except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
-                        payload = ("error", e)
-                    try:
-                        data = pickle.dumps(payload)
-                    except Exception:  # noqa: BLE001
-                        data = pickle.dumps(("error", RuntimeError(repr(payload[1]))))
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(wfd, view):]
-                except BaseException:  # noqa: BLE001
-                    code = 1
-                finally:
-                    os._exit(code)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(wfd)
-            children.append((pid, rfd))
+            if share:
+                children.append(forked.start(lambda share=share: _run_serial(share, path, None, None, job),
+                                             close=[c.fd for c in children]))
         for r in _run_serial(shares[0], path, cancelled, progress, job):
             out[r.name] = r
         while children:
-            pid, rfd = children[0]
-            chunks = []
-            while chunk := os.read(rfd, 1 << 20):
-                chunks.append(chunk)
-            _, status = os.waitpid(pid, 0)
+            sent, status = forked.result(children[0])
             children.pop(0)
-            os.close(rfd)
-            try:
-                kind, value = pickle.loads(b"".join(chunks))
-            except Exception:  # noqa: BLE001 - nothing or a part: killed (out of memory?) while at work
+            if sent is None:
                 raise ChildProcessError(f"a statistics worker process ended without its results (exit status "
-                                        f"{os.waitstatus_to_exitcode(status)})") from None
+                                        f"{status})")
+            kind, value = sent
             if kind == "error":
                 raise value
             if progress is not None:
@@ -620,10 +578,6 @@ def _run_forked(batches: list, path: str | None, cancelled: Callable[[], bool] |
             for r in value:
                 out[r.name] = r
     finally:
-        for pid, rfd in children:  # on an error or Ctrl-C: stop the others
-            for step in (lambda: os.close(rfd), lambda: os.kill(pid, signal.SIGKILL), lambda: os.waitpid(pid, 0)):
-                try:
-                    step()
-                except OSError:
-                    pass
+        for child in children:  # on an error or Ctrl-C: stop the others
+            forked.stop(child)
     return out
