@@ -29,3 +29,23 @@ async def wait_until(pilot, condition, timeout: float = 10.0) -> None:
             return
         await pilot.pause(0.05)
     raise AssertionError("timed out")
+
+
+def count_forks(monkeypatch) -> list[int]:
+    """The pids of the children forked from here on; and let the engine fork although earlier tests
+    (apps, watchers) may have left threads."""
+    import os
+    import threading
+
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    pids: list[int] = []
+    real = os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids

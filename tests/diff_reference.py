@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imatui.errors import CorruptError
-from imatui.imatrix import Entry, split_name
+from imatui.imatrix import Entry
 from imatui.stats.diff import TensorDiff
 
 
@@ -126,13 +126,7 @@ def _live_total(name: str, sums2: np.ndarray, counts: np.ndarray, rows: np.ndarr
 def reference_row(name: str, ea: Entry | None, eb: Entry | None, pa: str | None = None,
                   pb: str | None = None) -> TensorDiff:
     """One tensor compared as the per-tensor code did (ranks left out: they are set over all rows)."""
-    layer, kind = split_name(name)
-    row = TensorDiff(name=name, layer=layer, kind=kind,
-                     shape_a=None if ea is None else tuple(ea.shape),
-                     shape_b=None if eb is None else tuple(eb.shape),
-                     sum_a=None, sum_b=None, sum_ratio=None, cossim=None, js=None,
-                     rank_a=None, rank_b=None, rank_shift=None, top_channel=None, top_value_a=None,
-                     top_value_b=None, top_share_delta=None, comparable=False, reason=None)
+    row = TensorDiff.blank(name, ea, eb)
     sa = None if ea is None else np.asarray(ea.sums2)
     sb = None if eb is None else np.asarray(eb.sums2)
     if ea is not None:

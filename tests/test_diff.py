@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
+from conftest import count_forks
 from imatui.cli import main
 from imatui.diff_printers import format_diff, sort_rows
 from imatui.errors import ImatrixError
@@ -367,17 +368,7 @@ def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path):
     la, lb = load(tmp_path / "a.gguf"), load(tmp_path / "b.gguf")
     monkeypatch.setattr(engine, "MAX_COLUMNS", 3)  # many batches, for several workers
     one = compute_diff(la, lb)
-    monkeypatch.setattr(engine.threading, "active_count", lambda: 1)  # other tests' threads may linger
-    forks = []
-    real = engine.os.fork
-
-    def fork():
-        pid = real()
-        if pid:
-            forks.append(pid)
-        return pid
-
-    monkeypatch.setattr(engine.os, "fork", fork)
+    forks = count_forks(monkeypatch)
     monkeypatch.setattr(engine, "default_threads", lambda: 3)
     forked = compute_diff(la, lb, fork=True)
     assert len(forks) == 2

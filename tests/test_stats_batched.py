@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import count_forks
 from imatui.formats import load, save
 from imatui.imatrix import Entry, Imatrix
 from imatui.stats import batched, engine
@@ -308,22 +309,6 @@ def test_raw_thresholds_match_the_division():
     assert np.all(np.nextafter(t, np.float32(np.inf)) / c > batched.ACTIVE_THRESHOLD)
 
 
-def _forks(monkeypatch) -> list[int]:
-    """Count the forks; and let run_all fork although earlier tests (apps, watchers) may have left threads."""
-    monkeypatch.setattr(engine.threading, "active_count", lambda: 1)
-    pids: list[int] = []
-    real = engine.os.fork
-
-    def fork():
-        pid = real()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(engine.os, "fork", fork)
-    return pids
-
-
 def test_worker_processes_give_the_same_numbers(monkeypatch, tmp_path):
     im = synthetic()
     p = tmp_path / "s.gguf"
@@ -332,7 +317,7 @@ def test_worker_processes_give_the_same_numbers(monkeypatch, tmp_path):
     order = sorted(loaded.entries, key=_template)
     plan = engine.plan_batches(order, loaded.entries, _template, 3)
     one = batched.run_all(plan, str(p), None, threads=1)
-    pids = _forks(monkeypatch)
+    pids = count_forks(monkeypatch)
     seen = []
     forked = batched.run_all(plan, str(p), None, progress=seen.append, threads=3, fork=True)
     assert len(pids) == 2  # the parent takes one share, two children the others
@@ -376,7 +361,7 @@ def test_worker_errors_reach_the_caller(monkeypatch, tmp_path):
         return real(cols, *a, **k)
 
     monkeypatch.setattr(batched, "run_batch", failing)
-    pids = _forks(monkeypatch)
+    pids = count_forks(monkeypatch)
     with pytest.raises(CorruptError) as e:
         batched.run_all(plan, None, None, threads=2, fork=True)
     assert pids and str(e.value) == "f.gguf: tensor x has NaN" and e.value.path == "f.gguf"

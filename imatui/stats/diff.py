@@ -57,6 +57,15 @@ class TensorDiff:
     experts_compared: int | None = None  # matrices live in both (== n_mat for dense tensors)
     experts_skipped: int | None = None  # matrices left out because their count is 0 in A or B
 
+    @classmethod
+    def blank(cls, name: str, ea: Entry | None, eb: Entry | None) -> TensorDiff:
+        """The row before any comparison: name, layer, kind and shapes; every number None."""
+        layer, kind = split_name(name)
+        return cls(name=name, layer=layer, kind=kind, shape_a=None if ea is None else tuple(ea.shape),
+                   shape_b=None if eb is None else tuple(eb.shape), sum_a=None, sum_b=None, sum_ratio=None,
+                   cossim=None, js=None, rank_a=None, rank_b=None, rank_shift=None, top_channel=None,
+                   top_value_a=None, top_value_b=None, top_share_delta=None, comparable=False, reason=None)
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat values: no deep copy needed
         d["shape_a"] = None if self.shape_a is None else list(self.shape_a)
@@ -531,13 +540,7 @@ def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable
 
 def _row(name: str, ea: Entry | None, eb: Entry | None, res: dict[tuple[str, str], ColumnDiff],
          pa: str | None, pb: str | None) -> TensorDiff:
-    layer, kind = split_name(name)
-    row = TensorDiff(name=name, layer=layer, kind=kind,
-                     shape_a=None if ea is None else tuple(ea.shape),
-                     shape_b=None if eb is None else tuple(eb.shape),
-                     sum_a=None, sum_b=None, sum_ratio=None, cossim=None, js=None,
-                     rank_a=None, rank_b=None, rank_shift=None, top_channel=None, top_value_a=None,
-                     top_value_b=None, top_share_delta=None, comparable=False, reason=None)
+    row = TensorDiff.blank(name, ea, eb)
     pair = res.get(("ab", name))
     ca = pair if pair is not None else res.get(("a", name))
     cb = pair if pair is not None else res.get(("b", name))
