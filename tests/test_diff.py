@@ -359,6 +359,65 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
     assert all(t.js == 0.0 for t in same)  # exactly: r = p / m is 1 everywhere
 
 
+@pytest.mark.parametrize("piece", [40, 1000, 1 << 15])
+def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, piece):
+    """Files that differ by 1e-3 to 1e-6 of each value (checkpoints of one run), with a few channels
+    changed much (picked out for the logarithms) or zero in one file: the divergence to 1e-12 of the
+    exact one. The logarithms of 2p / (p + q) for all channels were off by up to 1e-5 of it here."""
+    from imatui.stats import diff
+    from tests.diff_reference import js_exact
+
+    # pieces of 10 and 250 channels of each tensor, and of several rows (pieces where more than 30 % of
+    # the channels are far from equal take the logarithms for all: not here)
+    monkeypatch.setattr(diff, "PIECE_ELEMENTS", piece)
+    rng = np.random.default_rng(5)
+    ea, eb = {}, {}
+    for j, eps in enumerate((1e-3, 1e-4, 1e-5, 1e-6)):
+        name = f"blk.{j}.ffn_down_exps.weight"
+        sa = rng.lognormal(0, 1.5, (4, 3001)).astype(np.float32)
+        sb = (sa * (1 + eps * rng.standard_normal(sa.shape))).astype(np.float32)
+        # a few small channels far from equal (5x: |d| near 0.67) or zero in B (|d| = 1); small, so that
+        # they add about a tenth of the divergence
+        far = rng.integers(0, 3001, 40)
+        sa[:, far] *= np.float32(eps * eps)
+        sb[:, far] = sa[:, far] * 5
+        zero = slice(10 * j + 1, 10 * j + 8)  # in another piece for each tensor
+        sa[1, zero] *= np.float32(eps * eps)
+        sb[1, zero] = 0
+        ca, cb = np.array([90.0, 80, 70, 60]), np.array([180.0, 160, 140, 0])  # expert 3 not live in B
+        ea[name], eb[name] = Entry.from_arrays(name, sa, ca), Entry.from_arrays(name, sb, cb)
+    a = Imatrix(entries=ea, datasets=["a"], chunk_count=1, chunk_size=512)
+    b = Imatrix(entries=eb, datasets=["b"], chunk_count=2, chunk_size=512)
+    report = compute_diff(a, b)
+    for t in report.tensors:
+        exact = js_exact(ea[t.name], eb[t.name])
+        assert 1e-13 < exact < 1e-6
+        assert t.js == pytest.approx(exact, rel=1e-11, abs=0), t.name
+
+
+def test_divergence_of_files_far_apart_takes_the_logarithms(monkeypatch):
+    """Most channels changed by more than 1.86x (or zero on one side): every piece takes the
+    logarithms for all its channels; the divergence still to 1e-12 of the exact one."""
+    from imatui.stats import diff
+    from tests.diff_reference import js_exact
+
+    rng = np.random.default_rng(6)
+    sa = rng.lognormal(0, 2, (3, 5000)).astype(np.float32)
+    sb = rng.lognormal(0, 2, (3, 5000)).astype(np.float32)
+    sa[:, :50], sb[:, 50:100] = 0, 0
+    name = "blk.0.ffn_up_exps.weight"
+    ea, eb = Entry.from_arrays(name, sa, np.array([5.0, 6, 7])), Entry.from_arrays(name, sb, np.array([3.0, 2, 1]))
+    calls = []
+    real = diff._js_terms
+    monkeypatch.setattr(diff, "_js_terms", lambda p, q, d, *rest: calls.append(p.size) or real(p, q, d, *rest))
+    t = compute_diff(Imatrix(entries={name: ea}, datasets=["a"], chunk_count=1, chunk_size=512),
+                     Imatrix(entries={name: eb}, datasets=["b"], chunk_count=1, chunk_size=512)).tensors[0]
+    assert calls and sum(calls) == sa.size
+    exact = js_exact(ea, eb)
+    assert 0.1 < exact < 1
+    assert t.js == pytest.approx(exact, rel=1e-12, abs=0)
+
+
 def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path):
     from imatui.stats import engine
 
