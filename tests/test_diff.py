@@ -359,6 +359,22 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
     assert all(t.js == 0.0 for t in same)  # exactly: r = p / m is 1 everywhere
 
 
+def test_the_divergence_polynomial_is_h_to_the_last_bits():
+    """diff._SERIES, evaluated as the engine does (Horner, float64), against h(x) = Σ x^(k-1) / (2k (2k-1))
+    summed to 1e-19 in long double, on 200,001 points of [0, 0.25]: within 5e-16 of it."""
+    from imatui.stats import diff
+
+    x = np.linspace(0.0, diff._SERIES_X, 200_001)
+    exact, power = np.zeros(x.size, np.longdouble), np.ones(x.size, np.longdouble)
+    for k in range(1, 40):  # 0.25^39 / (78 · 77): below 1e-25
+        exact += power / (2 * k * (2 * k - 1))
+        power *= x.astype(np.longdouble)
+    h = np.full_like(x, diff._SERIES[-1])
+    for c in diff._SERIES[-2::-1]:
+        h = h * x + c
+    assert float(np.max(np.abs(h - exact) / exact)) < 5e-16
+
+
 @pytest.mark.parametrize("piece", [40, 1000, 1 << 15])
 def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, piece):
     """Files that differ by 1e-3 to 1e-6 of each value (checkpoints of one run), with a few channels
