@@ -263,9 +263,9 @@ def expert_diff_cells(x: TensorExpertDiff) -> list[str]:
 
 
 def expert_diff_line(x: TensorExpertDiff) -> str:
-    """One line for the app's diff detail: the tensor's experts compared."""
+    """Two lines for the app's diff detail: the tensor's experts compared."""
     low, mean, shift, only_a, only_b = expert_diff_cells(x)[1:]
-    text = f"experts: least similar {low} · mean cos {mean} · largest share shift {shift}"
+    text = f"experts: least similar {low} · mean cos {mean}\nlargest share shift {shift}"
     if only_a != "-":
         text += f" · dead only in A: {only_a}"
     if only_b != "-":

@@ -238,11 +238,11 @@ async def test_diff_screen_compares_the_experts_of_a_moe_tensor(tmp_path):
         table.move_cursor(row=table.get_row_index(name))
         title = screen.query_one("#diff-detail-title", Static)
         await _until(pilot, lambda: "experts:" in str(title.render()))
-        line = str(title.render()).split("\n")[-1]
+        lines = str(title.render()).split("\n")
         orig = im[name].sums2[5].astype(np.float64)
         cos = float(orig @ orig[::-1] / (orig @ orig))
-        assert line.startswith(f"experts: least similar {cos:.4f} (e5) · mean cos ")
-        assert line.endswith("· dead only in B: 12")
+        assert lines[-2].startswith(f"experts: least similar {cos:.4f} (e5) · mean cos ")
+        assert lines[-1].startswith("largest share shift e") and lines[-1].endswith("· dead only in B: 12")
 
 
 async def test_a_reload_updates_the_map_and_convergence_names_the_slowest_experts():

@@ -511,7 +511,7 @@ class DiffScreen(Screen):
     DiffScreen #diff-sparks .title { color: $text-muted; text-style: bold; }
     DiffScreen #diff-spark-rows { height: 1fr; scrollbar-size-vertical: 1; }
     DiffScreen #diff-detail { width: 1fr; padding: 0 1; }
-    DiffScreen #diff-detail-title { height: auto; max-height: 4; }
+    DiffScreen #diff-detail-title { height: auto; max-height: 6; }
     DiffScreen #diff-filter { dock: bottom; display: none; }
     DiffScreen #diff-filter.-visible { display: block; }
     """
@@ -848,12 +848,14 @@ class DiffScreen(Screen):
             return
         text = Text.assemble((t.name, "bold"))
         if t.comparable:
+            # short lines, one fact each: they fit the pane's width at 120 columns without wrapping
             text.append(f"  cos {t.cossim:.4f} · JS {t.js:.4f}\n")
-            text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}"
-                        f" · top channel {channel_label(t)}: {fmt_value(t.top_value_a)} → {fmt_value(t.top_value_b)}"
+            text.append(f"Σ {fmt_sum(t.sum_a)} → {fmt_sum(t.sum_b)} · rank {t.rank_a} → {t.rank_b}\n", style="dim")
+            text.append(f"top channel {channel_label(t)}: {fmt_value(t.top_value_a)} → {fmt_value(t.top_value_b)}"
                         f" ({t.top_share_delta * 100:+.1f} pts of Σ)", style="dim")
             if t.experts_skipped:
-                text.append(f" · {t.experts_skipped} experts without tokens in A or B left out", style="dim")
+                n = t.experts_skipped
+                text.append(f"\n{n} expert{'' if n == 1 else 's'} without tokens in A or B left out", style="dim")
         else:
             text.append(f"  not comparable: {t.reason}", style="yellow")
         title.update(text)
