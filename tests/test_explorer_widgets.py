@@ -9,13 +9,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from rich.style import Style
 from textual.app import App
 
 from imatui import numfmt
 from imatui.collect.chunks import make_chunks, shortfall
-from imatui.formats import load
 from imatui.formats.write import save
 from imatui.imatrix import Entry, Imatrix
 from imatui.tui.app import make_app

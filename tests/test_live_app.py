@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-from conftest import FIXTURES
 from imatui.formats import load
 from imatui.stats.tensor import compute_stats
 from imatui.tui.app import make_app

@@ -10,14 +10,12 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from imatui.cli import main
 from imatui.formats import load
-from imatui.plan.measure import error_estimate, error_from_probe, take_sample
+from imatui.plan.measure import error_estimate, take_sample
 from imatui.plan.model import read_model
 from tests.conftest import FIXTURES
 

@@ -6,14 +6,12 @@ file ever reached the screen, and shows the chunk count the way a table would.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import Static
 
-from conftest import FIXTURES
 from imatui.formats import load
 from imatui.live.state import LiveState
 from imatui.tui.messages import DataLoaded, LiveStateChanged, LoadFailed
