@@ -431,7 +431,7 @@ _SERIES = (0.4999999999999999, 0.08333333333338415, 0.033333333323064526, 0.0178
            0.011111081152825745, 0.0075764295607603505, 0.005485050595194626, 0.004253233214845328,
            0.0027472769925674352, 0.004650904733177156, -0.0025776338199686626, 0.00749660936841451)
 # Picking the channels above out costs about 25 ns each (two logarithms and the gathers), against about
-# 8 ns a channel for the series and 17 ns for the logarithms of all: a piece with more than _LOG_SHARE
+# 6-8 ns a channel for the polynomial and 17 ns for the logarithms of all: a piece with more than _LOG_SHARE
 # of its channels above takes the logarithms for all (SmolLM2's prose and code files: 7 % above 0.5;
 # checkpoints of one run: well under 1 %). Its nearly equal tensors, if any, then have the digits of
 # the logarithms (the rounding of their arguments: 1e-16 / d of each channel's term or more).
@@ -447,9 +447,10 @@ def _js_terms(p: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, x: np.
     Each channel adds (p + q) g(d) with d = (q - p) / (p + q). Written as p ln(2p / (p + q)) + ..., two
     nearly equal files lose digits: the terms are of size p·d and their sum of size p·d², so the
     rounding of the logarithms' arguments (1e-16) weighs 1e-16 / d or more of the result (1e-9 to
-    1e-5 of it between files 1e-4 to 1e-6 apart, as checkpoints of one run). The series keeps them to
-    the last bits, and costs less than half as much as the two logarithms (glibc's scalar log without
-    AVX-512: 5-8 ns a value, slowest near 1, where nearly equal files put every ratio).
+    1e-5 of it between files 1e-4 to 1e-6 apart, as checkpoints of one run). The polynomial in d² keeps
+    them to the last bits (all its terms add), and costs less than half as much as the two logarithms
+    (glibc's scalar log without AVX-512: 5-8 ns a value, slowest near 1, where nearly equal files put
+    every ratio).
     """
     np.add(p, q, out=s)
     s += _TINY  # 0 / 0 stays out: channels zero in both files get d = 0 and add 0
@@ -462,7 +463,7 @@ def _js_terms(p: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, x: np.
 
 
 def _series_terms(d: np.ndarray, s: np.ndarray, x: np.ndarray, h: np.ndarray, far: np.ndarray) -> np.ndarray:
-    """Per row, Σ s g(d) with x = d²: the series, and the logarithms for the channels where far."""
+    """Per row, Σ s g(d) with x = d²: the polynomial, and the logarithms for the channels where far."""
     h.fill(_SERIES[-1])
     for c in _SERIES[-2::-1]:
         h *= x
