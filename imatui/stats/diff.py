@@ -448,7 +448,7 @@ def _js_terms(p: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, x: np.
     nearly equal files lose digits: the terms are of size p·d and their sum of size p·d², so the
     rounding of the logarithms' arguments (1e-16) weighs 1e-16 / d or more of the result (1e-9 to
     1e-5 of it between files 1e-4 to 1e-6 apart, as checkpoints of one run). The polynomial in d² keeps
-    them to the last bits (all its terms add), and costs less than half as much as the two logarithms
+    them to the last bits (nothing in it cancels), and costs less than half as much as the two logarithms
     (glibc's scalar log without AVX-512: 5-8 ns a value, slowest near 1, where nearly equal files put
     every ratio).
     """
