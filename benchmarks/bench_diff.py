@@ -57,18 +57,17 @@ DEFAULT_A = Path("/tmp/imatui-bench/deepseek.imatrix.gguf")
 DEFAULT_B = Path("/tmp/imatui-bench/deepseek-b.imatrix.gguf")
 DEFAULT_B_CALIBRATION = Path("/tmp/imatui-bench/deepseek-b-calibration.imatrix.gguf")
 DEFAULT_B_CHECKPOINT = Path("/tmp/imatui-bench/deepseek-b-checkpoint.imatrix.gguf")
-# the B files, derived from A (in each, a few more experts are never hit)
+# the B files, derived from A (in each, a few more experts are never hit): the scale of the Laplace law
+# of each value's log-ratio (drawn per tensor as scale · e^(0.6 N(0,1))), or None for the random walk
 PAIRS = {
     # each tensor's channels scaled by a smooth random walk in log space (steps of 5 %): over 7168
     # channels it drifts to factors of e^±8, far more than two calibrations of one model differ
-    "shifted": "a smooth drift over the channels, up to factors of e^±8",
-    # each value's log-ratio Laplace-distributed, its scale 0.3 · e^(0.6 N(0,1)) drawn per tensor: the
-    # |d| of its channels are spread as those of SmolLM2's prose and code imatrix files (fixtures)
-    "calibration": "each value changed as between two calibration sets",
-    # the same with a fifth of the scale: spread as SmolLM2's prose checkpoints after 10 and 20 chunks
-    "checkpoint": "each value changed as between two checkpoints of one run",
+    "shifted": None,
+    # the |d| of its channels spread as those of SmolLM2's prose and code imatrix files (fixtures)
+    "calibration": 0.3,
+    # spread as SmolLM2's prose checkpoints after 10 and 20 chunks
+    "checkpoint": 0.06,
 }
-LAPLACE = {"calibration": 0.3, "checkpoint": 0.06}
 
 
 
@@ -100,13 +99,13 @@ def make_b(a_path: Path, b_path: Path, pair: str) -> None:
             counts[rng.choice(live, 2, replace=False)] = 0
 
         def sums2() -> np.ndarray:
-            if pair == "shifted":
+            if PAIRS[pair] is None:
                 r = np.random.default_rng(zlib.crc32(entry.name.encode()) ^ 0xB)
                 profile = np.exp(np.cumsum(r.normal(0, 0.05, entry.n_in))).astype(np.float32)
                 out = np.array(entry.sums2, dtype=np.float32) * profile
             else:  # each value's log-ratio Laplace-distributed, its scale drawn per tensor
                 r = np.random.default_rng(zlib.crc32(entry.name.encode()) ^ 0xC)
-                scale = LAPLACE[pair] * np.exp(0.6 * r.standard_normal())
+                scale = PAIRS[pair] * np.exp(0.6 * r.standard_normal())
                 ratio = np.exp(r.laplace(0.0, scale, entry.shape)).astype(np.float32)
                 out = np.array(entry.sums2, dtype=np.float32).reshape(entry.shape) * ratio
             out[counts == 0] = 0

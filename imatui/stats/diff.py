@@ -488,7 +488,8 @@ def _series_terms(d: np.ndarray, s: np.ndarray, x: np.ndarray, h: np.ndarray, fa
 
 
 def _log_terms(p: np.ndarray, q: np.ndarray, s: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per row, Σ p ln r + q ln(2 - r) with r = p / m = 2p / s (s = p + q + tiny), r as scratch.
+    """Per row, Σ p ln r + q ln(2 - r) with r = p / m = 2p / s (s = p + q + tiny); s and r are
+    overwritten (scratch).
 
     The smallest normal float keeps ln 0 out (0 · ln tiny is 0)."""
     np.divide(p, s, out=r)
