@@ -325,7 +325,7 @@ def _random_pair(rng: np.random.Generator) -> tuple[Imatrix, Imatrix]:
 def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
     """Random files, and random batch, block and sub-block sizes: Σ and its ranks to the bit (llama's float32
     sums, as `imatui stats`), the cosine and the divergence to 1e-12, the same top channel."""
-    from imatui.stats import diff, engine
+    from imatui.stats import engine
     from tests.diff_reference import reference_row
 
     rng = np.random.default_rng(seed)
@@ -333,7 +333,6 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
     monkeypatch.setattr(engine, "BLOCK_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
     monkeypatch.setattr(engine, "SUB_ELEMENTS", int(rng.choice([4, 50, 2048, 1 << 18])))
     monkeypatch.setattr(engine, "MIN_WIDTH", int(rng.choice([1, 8, 256])))
-    monkeypatch.setattr(diff, "PIECE_ELEMENTS", int(rng.choice([1, 7, 100, 1 << 15])))  # rows cut in pieces
     a, b = _random_pair(rng)
     report = compute_diff(a, b)
     names = sorted(set(a.entries) | set(b.entries))
@@ -360,32 +359,31 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
 
 
 def test_the_divergence_polynomial_is_h_to_the_last_bits():
-    """diff._SERIES, evaluated as the engine does (Horner, float64), against h(x) = Σ x^(k-1) / (2k (2k-1))
+    """compare.SERIES, evaluated by Horner's rule in float64, against h(x) = Σ x^(k-1) / (2k (2k-1))
     summed to 1e-19 in long double, on 200,001 points of [0, 0.25]: within 5e-16 of it."""
-    from imatui.stats import diff
+    from imatui.stats import compare
 
-    x = np.linspace(0.0, diff._SERIES_X, 200_001)
+    x = np.linspace(0.0, compare.SERIES_X, 200_001)
     exact, power = np.zeros(x.size, np.longdouble), np.ones(x.size, np.longdouble)
     for k in range(1, 40):  # 0.25^39 / (78 · 77): below 1e-25
         exact += power / (2 * k * (2 * k - 1))
         power *= x.astype(np.longdouble)
-    h = np.full_like(x, diff._SERIES[-1])
-    for c in diff._SERIES[-2::-1]:
+    h = np.full_like(x, compare.SERIES[-1])
+    for c in compare.SERIES[-2::-1]:
         h = h * x + c
     assert float(np.max(np.abs(h - exact) / exact)) < 5e-16
 
 
-@pytest.mark.parametrize("piece", [40, 1000, 1 << 15])
-def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, piece):
+@pytest.mark.parametrize("block", [1, 4096, 1 << 21])
+def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, block):
     """Files that differ by 1e-3 to 1e-6 of each value (checkpoints of one run), with a few channels
-    changed much (picked out for the logarithms) or zero in one file: the divergence to 1e-12 of the
-    exact one. The logarithms of 2p / (p + q) for all channels were off by up to 1e-5 of it here."""
-    from imatui.stats import diff
+    changed much (they take the logarithms) or zero in one file: the divergence to 1e-11 of the
+    exact one, read a row at a time or in bigger blocks. The logarithms of 2p / (p + q) for all
+    channels were off by up to 1e-5 of it here."""
+    from imatui.stats import engine
     from tests.diff_reference import js_exact
 
-    # pieces of 10 and 250 channels of each tensor, and of several rows (pieces where more than 30 % of
-    # the channels are far from equal take the logarithms for all: not here)
-    monkeypatch.setattr(diff, "PIECE_ELEMENTS", piece)
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", block)
     rng = np.random.default_rng(5)
     ea, eb = {}, {}
     for j, eps in enumerate((1e-3, 1e-4, 1e-5, 1e-6)):
@@ -411,29 +409,31 @@ def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, piece):
         assert t.js == pytest.approx(exact, rel=1e-11, abs=0), t.name
 
 
-def test_divergence_of_files_far_apart_takes_the_logarithms(monkeypatch):
-    """Most channels changed by more than 1.86x (or zero on one side): every piece takes the
-    logarithms for all its channels; the divergence still to 1e-12 of the exact one."""
-    from imatui.stats import diff
-    from tests.diff_reference import js_exact
+@pytest.mark.parametrize("min_width", [8, 256])
+def test_divergence_of_files_far_apart(monkeypatch, min_width):
+    """Most channels changed by more than 3x (they take the logarithms) or zero on one side, in rows of
+    5000 channels or cut into rows of 8: the divergence to 1e-12 of the exact one, the cosine and the top
+    channel as the per-tensor code has them."""
+    from imatui.stats import engine
+    from tests.diff_reference import js_exact, reference_row
 
+    monkeypatch.setattr(engine, "MIN_WIDTH", min_width)
+    monkeypatch.setattr(engine, "SUB_ELEMENTS", 1000)  # rows of 5000 / q with q the most, 8 wide or more
     rng = np.random.default_rng(6)
     sa = rng.lognormal(0, 2, (3, 5000)).astype(np.float32)
     sb = rng.lognormal(0, 2, (3, 5000)).astype(np.float32)
     sa[:, :50], sb[:, 50:100] = 0, 0
     name = "blk.0.ffn_up_exps.weight"
     ea, eb = Entry.from_arrays(name, sa, np.array([5.0, 6, 7])), Entry.from_arrays(name, sb, np.array([3.0, 2, 1]))
-    calls = {"_log_terms": 0, "_series_terms": 0}  # channels each way
-    for fn in calls:
-        real = getattr(diff, fn)
-        monkeypatch.setattr(diff, fn, lambda *args, fn=fn, real=real: calls.__setitem__(fn, calls[fn] + args[0].size)
-                            or real(*args))
     t = compute_diff(Imatrix(entries={name: ea}, datasets=["a"], chunk_count=1, chunk_size=512),
                      Imatrix(entries={name: eb}, datasets=["b"], chunk_count=1, chunk_size=512)).tensors[0]
-    assert calls == {"_log_terms": sa.size, "_series_terms": 0}
     exact = js_exact(ea, eb)
     assert 0.1 < exact < 1
     assert t.js == pytest.approx(exact, rel=1e-12, abs=0)
+    r = reference_row(name, ea, eb)
+    assert t.cossim == pytest.approx(r.cossim, rel=1e-13, abs=0)
+    assert t.top_channel == r.top_channel
+    assert (t.top_value_a, t.top_value_b) == pytest.approx((r.top_value_a, r.top_value_b), rel=1e-14, abs=0)
 
 
 def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path):

@@ -187,16 +187,17 @@ def test_diff_per_expert_values():
 def test_diff_engine_gives_the_per_expert_cosines(monkeypatch):
     """`imatui diff` takes each expert's cosine from the diff engine's passes (DiffReport.expert_cos)
     instead of reading every expert tensor again: the same experts, values to 1e-13, on small blocks
-    and pieces too (a matrix row cut into several pieces adds up across them)."""
-    from imatui.stats import diff, engine
+    and in rows narrower than a matrix (a matrix's rows add up across them)."""
+    from imatui.stats import engine
     from imatui.stats.diff import compute_diff
 
     im = load(QWEN)
     b, e = _changed_b(im, zero=7)  # expert 7: live, but all zero in B: no cosine
     whole = diff_experts(im, b)
-    for block, piece in ((1 << 21, 1 << 15), (64, 7)):
+    for block, min_width in ((1 << 21, 256), (64, 4)):
         monkeypatch.setattr(engine, "BLOCK_ELEMENTS", block)
-        monkeypatch.setattr(diff, "PIECE_ELEMENTS", piece)
+        monkeypatch.setattr(engine, "MIN_WIDTH", min_width)
+        monkeypatch.setattr(engine, "SUB_ELEMENTS", 64)
         report = compute_diff(im, b)
         assert sorted(report.expert_cos) == sorted(d.name for d in whole)
         fast = diff_experts(im, b, expert_cos=report.expert_cos)

@@ -235,7 +235,9 @@ class BlockReader:
         self.sources = [_Source(e) for e in entries]
         self.fds: dict[str, int] = {}
         l_max = lay.block_elements
-        self.buf = scratch_array(scratch, tag, (lay.K, padded(l_max)), F32)[:, :l_max]
+        # the C-ordered matrix (rows of padded(l_max)) that holds the blocks, and the block's columns of it
+        self.padded_buf = scratch_array(scratch, tag, (lay.K, padded(l_max)), F32)
+        self.buf = self.padded_buf[:, :l_max]
         self._views = [memoryview(self.buf[k]).cast("B") for k in range(lay.K)] if _HAS_PREADV else None
 
     def __enter__(self) -> BlockReader:
