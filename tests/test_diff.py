@@ -546,3 +546,29 @@ def test_copies_are_compared_once_and_near_copies_apart(monkeypatch):
     assert v.js != k.js
     assert np.array_equal(report.expert_cos["blk.0.attn_q.weight"], report.expert_cos["blk.0.attn_k.weight"],
                           equal_nan=True)
+
+
+def test_diff_without_a_writable_place_for_numbas_cache(tmp_path):
+    """Where numba finds nowhere to cache the compiled loops (a read-only install and no writable home:
+    "no locator available", a RuntimeError when the module is imported), the diff compiles them in its
+    process and prints the same numbers; no traceback."""
+    import subprocess
+    import sys
+
+    fixtures = Path(__file__).parent / "fixtures"
+    script = (
+        "import sys, numba.core.caching as c\n"
+        "c.CacheImpl._locator_classes = []  # as where no cache directory is writable\n"
+        "from imatui.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["diff", str(fixtures / PROSE), str(fixtures / CODE), "--format", "json"]
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    want = compute_diff(load(fixtures / PROSE), load(fixtures / CODE))
+    rows = {t["name"]: t for t in got["tensors"]}
+    assert len(rows) == len(want.tensors) == 210
+    for w in want.tensors:
+        g = rows[w.name]
+        assert (g["cossim"], g["js"], g["top_channel"]) == (w.cossim, w.js, w.top_channel)  # the same loops

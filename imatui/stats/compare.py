@@ -42,6 +42,19 @@ _TINY = float(np.finfo(np.float64).tiny)  # p + q + tiny: channels zero in both 
 _FAST = {"reassoc", "nsz", "nnan", "ninf"}
 
 
+def _jit(**options):
+    """numba.njit with the options of every loop here, cached on disk (beside this module, or in numba's
+    user cache: NUMBA_CACHE_DIR). Where numba finds no writable place for it (a read-only install, no
+    writable home), compiled in each process instead (~3 s a diff) rather than failing."""
+    def wrap(f):
+        try:
+            return numba.njit(cache=True, nogil=True, error_model="numpy", **options)(f)
+        except RuntimeError:  # "cannot cache function ...: no locator available for file ..."
+            return numba.njit(nogil=True, error_model="numpy", **options)(f)
+
+    return wrap
+
+
 @intrinsic
 def _fmax(typingctx, x, y):
     """LLVM's maxnum: a max the loop vectorizer turns into a vector reduction (Python's max is not)."""
@@ -55,7 +68,7 @@ def _fmax(typingctx, x, y):
     return sig, codegen
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@_jit(inline="always")
 def _h(x):
     """SERIES at x (Horner)."""
     h = _C11
@@ -72,7 +85,7 @@ def _h(x):
     return h * x + _C0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@_jit(fastmath=_FAST)
 def _row_main(a, b, fa, fb):
     """One row (a and b its raw values in A and B): Σ pq, Σ p², Σ q², Σ (p + q) d² h(min(d², SERIES_X)) (the
     divergence's terms, right where d² ≤ SERIES_X), max |q - p|, and how many channels are above."""
@@ -124,7 +137,7 @@ _LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.4798198
 _LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+@_jit(inline="always")
 def _log(y):
     ix = _bits(y) + ((0x3FF00000 - 0x3FE6A09E) << 32)  # the exponent of y / √½, rounded down
     k = (ix >> 52) - 0x3FF
@@ -139,7 +152,7 @@ def _log(y):
     return s * (hfsq + t1 + t2) + dk * _LN2_LO - hfsq + f + dk * _LN2_HI
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_jit()
 def _row_far(a, b, fa, fb, pf, qf):
     """For the channels of the row with d² > SERIES_X: Σ p ln(2p / s) + q ln(2q / s) (s = p + q) less
     what _row_main added for them. They are picked out without branches, then one vectorized loop.
@@ -168,7 +181,7 @@ def _row_far(a, b, fa, fb, pf, qf):
     return _sum(pf, n)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+@_jit(fastmath=_FAST)
 def _sum(x, n):
     t = 0.0
     for i in range(n):
@@ -176,7 +189,7 @@ def _sum(x, n):
     return t
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_jit()
 def _first(a, b, fa, fb):
     """The row's channel of the largest |q - p| (the first of equals), and that |q - p|."""
     best = -1.0
@@ -189,7 +202,7 @@ def _first(a, b, fa, fb):
     return at, best
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_jit()
 def compare_block(a, b, n, w, r0, sa, sb, js2, pq, pp, qq, best, best_i, best_p, best_q, pf, qf):
     """The rows r0.. of a read block: a and b (K, ≥ n) float32, each tensor's n = rows · w raw values of
     A and B; sa and sb (K, all rows) each row's factor 1 / (count · Σ), 0 where the row is skipped.
