@@ -454,3 +454,31 @@ async def test_file_rewritten_under_the_lazy_reader_is_said_in_the_detail_pane(t
         assert screen.error is None
         assert not any(n.severity == "error" for n in app._notifications)
         assert app.is_running and app.screen is screen
+
+
+async def test_status_line_says_when_the_compare_loops_are_loading(monkeypatch):
+    """Before its first diff in a process the screen loads numba's compiled loops (~3 s after an install,
+    while they compile): the status line says so, and then the diff fills the table."""
+    import threading
+
+    from imatui.stats import compare
+
+    release = threading.Event()
+    real = compare.load
+
+    def slow_load() -> None:  # a compile that takes until the test has looked
+        release.wait(30)
+        real()
+
+    monkeypatch.setattr(compare, "loaded", lambda: False)
+    monkeypatch.setattr(compare, "load", slow_load)
+    app = _Host(PROSE, CODE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _until(pilot, lambda: isinstance(pilot.app.screen, DiffScreen))
+        status = pilot.app.screen.query_one("#diff-status", Static)
+        await _until(pilot, lambda: "loading the compare loops" in str(status.render()))
+        assert pilot.app.screen.report is None
+        release.set()
+        screen = await _ready(pilot)
+        assert screen.report is not None and len(screen.report.tensors) == 210
+        assert "loading" not in str(status.render())

@@ -238,12 +238,24 @@ def compare_block(a, b, n, w, r0, sa, sb, js2, pq, pp, qq, best, best_i, best_p,
             js2[k] += sj
 
 
+_loaded = False
+
+
+def loaded() -> bool:
+    """Whether load() ran in this process."""
+    return _loaded
+
+
 def load() -> None:
-    """Compile compare_block, or load it from numba's cache (about 0.3 s the first time in a process):
-    a process that forks its workers calls this first, so that they share the code instead of each
-    loading it (and LLVM's pages) again."""
+    """Compile compare_block, or load it from numba's cache (about 0.3 s the first time in a process,
+    ~3 s the first time after an install): a process that forks its workers calls this first, so that
+    they share the code instead of each loading it (and LLVM's pages) again."""
+    global _loaded
+    if _loaded:
+        return
     a = np.zeros((1, 1), np.float32)
     s = np.ones((1, 1))
     v = np.zeros(1)
     compare_block(a, a, 1, 1, 0, s, s, v, s.copy(), s.copy(), s.copy(), v.copy(), np.zeros(1, np.int64),
                   v.copy(), v.copy(), v.copy(), v.copy())
+    _loaded = True

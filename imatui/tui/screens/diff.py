@@ -9,6 +9,7 @@ the screen only lays them out.
 from __future__ import annotations
 
 import re
+import sys
 
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,6 +56,11 @@ class DiffReady(Message):
     a: Imatrix
     b: Imatrix
     report: DiffReport
+
+
+@dataclass
+class DiffStatus(Message):
+    text: str
 
 
 @dataclass
@@ -595,6 +601,13 @@ class DiffScreen(Screen):
             a = load(self.a_path, chunk_size=self.chunk_size)
             b = load(self.b_path, chunk_size=self.chunk_size)
             step = max(1, (len(a) + len(b)) // 100)  # about a hundred progress messages at most
+            compare = sys.modules.get("imatui.stats.compare")
+            if compare is None or not compare.loaded():  # numba's start, or its compile after an install
+                self.post_message(DiffStatus("loading the compare loops (the first diff after an install "
+                                             "compiles them)…"))
+                from imatui.stats import compare
+
+                compare.load()
 
             def progress(done: int, total: int) -> None:
                 if done % step == 0 or done == total:
@@ -659,6 +672,10 @@ class DiffScreen(Screen):
         # anything the workers did not expect: say so, keep the app running
         if event.state == WorkerState.ERROR and event.worker.group in ("diff", "diff-detail", "diff-experts"):
             self._failed(f"{type(event.worker.error).__name__}: {event.worker.error}")
+
+    @on(DiffStatus)
+    def _on_status(self, message: DiffStatus) -> None:
+        self.query_one("#diff-status", Static).update(message.text)
 
     @on(DiffProgress)
     def _on_progress(self, message: DiffProgress) -> None:
