@@ -478,13 +478,20 @@ def test_nan_in_an_unused_expert_is_an_error_in_the_diff():
 
 
 @pytest.mark.parametrize("fork", [True, False])
-def test_load_pair_equals_two_loads(fixtures, monkeypatch, fork):
-    """`imatui diff` parses B in a forked process while A is parsed: the same Imatrix as load(b)
-    (names, shapes, counts, data read through the entries afterwards)."""
+@pytest.mark.parametrize("meanwhile", [False, True])
+def test_load_pair_equals_two_loads(fixtures, monkeypatch, fork, meanwhile):
+    """`imatui diff` parses B in a forked process while A is parsed (and A too, in another, while it
+    loads its compiled loops): the same Imatrix as load(b) (names, shapes, counts, data read through
+    the entries afterwards)."""
     from imatui.formats import detect, load_pair
 
     monkeypatch.setattr(detect.threading, "active_count", lambda: 1)  # pytest's own threads aside
-    a, b = load_pair(fixtures / PROSE, fixtures / CODE, fork=fork)
+    ran = []
+    forks = count_forks(monkeypatch)
+    a, b = load_pair(fixtures / PROSE, fixtures / CODE, fork=fork,
+                     meanwhile=(lambda: ran.append(1)) if meanwhile else None)
+    assert ran == ([1] if meanwhile else [])
+    assert len(forks) == (1 + meanwhile if fork else 0)
     for got, path in ((a, PROSE), (b, CODE)):
         want = load(fixtures / path)
         assert got.path == want.path and got.chunk_count == want.chunk_count and got.datasets == want.datasets
@@ -507,6 +514,17 @@ def test_load_pair_errors_are_a_first_then_b(fixtures, tmp_path, monkeypatch):
         load_pair(fixtures / PROSE, junk, fork=True)
     with pytest.raises(ImatrixError, match="missing.gguf: no such file"):
         load_pair(fixtures / PROSE, missing, fork=True)
+
+    def fails() -> None:
+        raise RuntimeError("meanwhile failed")
+
+    # with work done meanwhile (A parsed in a forked process too): A's error, then B's, then its own
+    with pytest.raises(ImatrixError, match="missing.gguf: no such file"):
+        load_pair(missing, junk, fork=True, meanwhile=fails)
+    with pytest.raises(ImatrixError, match="junk.gguf"):
+        load_pair(fixtures / PROSE, junk, fork=True, meanwhile=fails)
+    with pytest.raises(RuntimeError, match="meanwhile failed"):
+        load_pair(fixtures / PROSE, fixtures / CODE, fork=True, meanwhile=fails)
 
 
 def test_copies_are_compared_once_and_near_copies_apart(monkeypatch):

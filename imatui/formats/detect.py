@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 from imatui import forked
 from imatui.errors import FormatError, ImatrixError, NotFoundError
@@ -56,27 +57,54 @@ def load(path: str | Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, lazy: bool =
 
 
 def load_pair(a: str | Path, b: str | Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-              fork: bool = False) -> tuple[Imatrix, Imatrix]:
+              fork: bool = False, meanwhile: Callable[[], None] | None = None) -> tuple[Imatrix, Imatrix]:
     """load(a), load(b); with `fork` (a single-threaded caller on Linux: the CLI) B is parsed in a
     forked process at the same time as A (gguf-py takes ~0.3 s for a DeepSeek file's 1442 tensor
     records) and sent back pickled: its entries hold counts and file offsets, never the data.
 
-    Errors are A's first, then B's, as with two calls in a row; Ctrl-C stops both."""
+    `meanwhile`: the caller's own work, done while the files are parsed (the diff loads its compiled
+    loops: ~0.7 s): with `fork`, A is then parsed in a second forked process too, and meanwhile() runs
+    here; without, after the two loads.
+
+    Errors are A's first, then B's, as with two calls in a row (then meanwhile's); Ctrl-C stops all."""
     if not (fork and forked.CAN_FORK and threading.active_count() == 1):
-        return load(a, chunk_size=chunk_size), load(b, chunk_size=chunk_size)
-    child = forked.start(lambda: load(b, chunk_size=chunk_size))
+        pair = load(a, chunk_size=chunk_size), load(b, chunk_size=chunk_size)
+        if meanwhile is not None:
+            meanwhile()
+        return pair
+    children = [forked.start(lambda: load(b, chunk_size=chunk_size))]
+    if meanwhile is not None:
+        children.insert(0, forked.start(lambda: load(a, chunk_size=chunk_size), close=[children[0].fd]))
+    failed = None
     try:
-        first = load(a, chunk_size=chunk_size)
-        sent, _ = forked.result(child)
-    except BaseException:  # A's error first (or Ctrl-C): B's parse is not wanted
-        forked.stop(child)
+        if meanwhile is None:
+            first = load(a, chunk_size=chunk_size)
+        else:
+            try:
+                meanwhile()
+            except Exception as exc:  # noqa: BLE001 - raised after A's and B's errors, which come first
+                failed = exc
+            first = _received(children.pop(0), a, chunk_size)
+        second = _received(children.pop(0), b, chunk_size)
+    except BaseException:  # an error (A's first) or Ctrl-C: the other parse is not wanted
+        for child in children:
+            forked.stop(child)
         raise
-    if sent is None:  # the child died before sending: parse B here
-        return first, load(b, chunk_size=chunk_size)
+    if failed is not None:
+        raise failed
+    return first, second
+
+
+def _received(child: forked.Child, path: str | Path, chunk_size: int) -> Imatrix:
+    """What a forked load(path) sent: the Imatrix, or its error raised here; parsed here if the child
+    died before sending."""
+    sent, _ = forked.result(child)
+    if sent is None:
+        return load(path, chunk_size=chunk_size)
     kind, value = sent
     if kind == "error":
         raise value
-    return first, value
+    return value
 
 
 def is_imatrix_file(path: str | Path) -> bool:
