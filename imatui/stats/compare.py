@@ -16,7 +16,6 @@ read row, the scalar fallback added in another order (1 ulp, from one run to the
 
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 from llvmlite import ir
