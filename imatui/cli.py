@@ -183,15 +183,17 @@ def _diff_parser(sub: argparse._SubParsersAction) -> None:
 def _run_diff(args: argparse.Namespace) -> int:
     from imatui.errors import FormatError
     from imatui.formats import load_pair
+    from imatui.formats.detect import is_gguf_model
 
     def compare_loops() -> None:  # numba's start (~0.7 s), while the headers are parsed in forked processes
         from imatui.stats import compare
 
         compare.load()
 
+    printed = args.format is not None
     try:  # the two headers parsed side by side when the diff is printed (the app has threads)
-        a, b = load_pair(args.a, args.b, chunk_size=args.chunk_size, fork=args.format is not None,
-                         meanwhile=compare_loops if args.format is not None else None)
+        a, b = load_pair(args.a, args.b, chunk_size=args.chunk_size, fork=printed,
+                         meanwhile=compare_loops if printed and not is_gguf_model(args.a) else None)
     except FormatError as exc:
         if "GGUF model" not in str(exc):
             raise

@@ -274,6 +274,18 @@ def test_diff_of_two_quantized_models(tmp_path, capsys):
     assert "every tensor has the same type" in out
 
 
+def test_a_model_is_told_from_an_imatrix_by_its_first_megabyte(tmp_path):
+    """`imatui diff` starts numba's compiled loops while the headers are parsed, unless A is a model
+    (a diff of two models compares tensor types, no loops)."""
+    from imatui.formats.detect import is_gguf_model
+
+    assert is_gguf_model(QWEN) and is_gguf_model(_quant_model(tmp_path, "a.gguf", "Q5_0"))
+    assert not is_gguf_model(QWEN_IM)
+    assert not is_gguf_model(tmp_path / "missing.gguf")
+    (tmp_path / "legacy.dat").write_bytes(b"\x01\x00\x00\x00")
+    assert not is_gguf_model(tmp_path / "legacy.dat")
+
+
 # --- check -----------------------------------------------------------------------------------------
 
 def test_check_qwen3moe_fixture(capsys):

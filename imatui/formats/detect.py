@@ -9,7 +9,7 @@ from typing import Callable
 
 from imatui import forked
 from imatui.errors import FormatError, ImatrixError, NotFoundError
-from imatui.formats.gguf import GGUF_MAGIC, read_gguf
+from imatui.formats.gguf import GGUF_MAGIC, read_gguf, refuse_model
 from imatui.formats.legacy import DEFAULT_CHUNK_SIZE, read_legacy
 from imatui.imatrix import Imatrix
 
@@ -105,6 +105,21 @@ def _received(child: forked.Child, path: str | Path, chunk_size: int) -> Imatrix
     if kind == "error":
         raise value
     return value
+
+
+def is_gguf_model(path: str | Path) -> bool:
+    """Whether the file is a GGUF model (not an imatrix), from its first megabyte; False for anything
+    else, unreadable files included (load says why)."""
+    try:
+        if detect_format(path) != "gguf":
+            return False
+        with open(path, "rb") as f:
+            refuse_model(f.read(_SNIFF_BYTES), Path(path))
+    except FormatError:
+        return True
+    except (ImatrixError, OSError):
+        return False
+    return False
 
 
 def is_imatrix_file(path: str | Path) -> bool:

@@ -102,7 +102,7 @@ def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
         if len(head) != prefix:
             raise TruncatedError("the file changed while it was being read (is it being rewritten?)", path)
         if prefix == min(size, _HEADER_PREFIX):
-            _refuse_model(head, path)
+            refuse_model(head, path)
         mem = os.memfd_create("imatui-gguf-header", 0)
         try:
             view = memoryview(head)
@@ -126,12 +126,13 @@ def _header_reader(path: Path, size: int, stamp: tuple[int, int]):
         prefix = min(size, prefix * 4)
 
 
-def _refuse_model(head: bytes, path: Path) -> None:
+def refuse_model(head: bytes, path: Path) -> None:
     """A GGUF model is turned away by its first bytes: gguf-py parses a tokenizer of 100k+ strings one
-    by one, for nothing. An imatrix has no general.architecture, a model no imatrix keys or in_sum2."""
+    by one, for nothing. An imatrix has no general.architecture, a model no imatrix keys or in_sum2
+    (a model quantized with an imatrix has quantize.imatrix.file, .dataset, .chunks_count: others)."""
     key = b"general.architecture"
     at = head.find(key)
-    if at < 0 or b"imatrix." in head or b".in_sum2" in head:
+    if at < 0 or any(k in head for k in (b"imatrix.chunk_count", b"imatrix.datasets", b".in_sum2")):
         return
     arch = "unknown architecture"
     try:
