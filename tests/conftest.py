@@ -22,6 +22,16 @@ def prose() -> Path:
     return FIXTURES / "smollm2-prose.imatrix.gguf"
 
 
+@pytest.fixture(params=["numpy", "compiled"])
+def compare_path(request, monkeypatch) -> str:
+    """The diff's compare pass in numpy (what small diffs take) or in numba's compiled loops (big ones),
+    whatever the size of the test's files."""
+    from imatui.stats import diff
+
+    monkeypatch.setattr(diff, "COMPILED_MIN_PAIRS", 0 if request.param == "compiled" else 1 << 62)
+    return request.param
+
+
 async def wait_until(pilot, condition, timeout: float = 10.0) -> None:
     """Let the app run until condition() holds (or fail after timeout seconds)."""
     for _ in range(int(timeout / 0.05)):

@@ -322,10 +322,11 @@ def _random_pair(rng: np.random.Generator) -> tuple[Imatrix, Imatrix]:
 
 
 @pytest.mark.parametrize("seed", [3, 14, 15, 92, 65])
-def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
+def test_random_files_equal_the_per_tensor_code(monkeypatch, seed, compare_path):
     """Random files, and random batch, block and sub-block sizes: Σ and its ranks to the bit (llama's float32
-    sums, as `imatui stats`), the cosine and the divergence to 1e-12, the same top channel."""
-    from imatui.stats import engine
+    sums, as `imatui stats`), the cosine and the divergence to 1e-12, the same top channel; in numpy and
+    in the compiled loops."""
+    from imatui.stats import compare_np, engine
     from tests.diff_reference import reference_row
 
     rng = np.random.default_rng(seed)
@@ -333,6 +334,7 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
     monkeypatch.setattr(engine, "BLOCK_ELEMENTS", int(rng.choice([1, 64, 4096, 1 << 19])))
     monkeypatch.setattr(engine, "SUB_ELEMENTS", int(rng.choice([4, 50, 2048, 1 << 18])))
     monkeypatch.setattr(engine, "MIN_WIDTH", int(rng.choice([1, 8, 256])))
+    monkeypatch.setattr(compare_np, "PIECE_ELEMENTS", int(rng.choice([1, 7, 100, 1 << 15])))  # numpy's pieces
     a, b = _random_pair(rng)
     report = compute_diff(a, b)
     names = sorted(set(a.entries) | set(b.entries))
@@ -359,9 +361,10 @@ def test_random_files_equal_the_per_tensor_code(monkeypatch, seed):
 
 
 def test_the_divergence_polynomial_is_h_to_the_last_bits():
-    """compare.SERIES, evaluated by Horner's rule in float64, against h(x) = Σ x^(k-1) / (2k (2k-1))
-    summed to 1e-19 in long double, on 200,001 points of [0, 0.25]: within 5e-16 of it."""
-    from imatui.stats import compare
+    """compare_np.SERIES (the compiled loops take the same), evaluated by Horner's rule in float64,
+    against h(x) = Σ x^(k-1) / (2k (2k-1)) summed to 1e-19 in long double, on 200,001 points of
+    [0, 0.25]: within 5e-16 of it."""
+    from imatui.stats import compare_np as compare
 
     x = np.linspace(0.0, compare.SERIES_X, 200_001)
     exact, power = np.zeros(x.size, np.longdouble), np.ones(x.size, np.longdouble)
@@ -375,7 +378,7 @@ def test_the_divergence_polynomial_is_h_to_the_last_bits():
 
 
 @pytest.mark.parametrize("block", [1, 4096, 1 << 21])
-def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, block):
+def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, block, compare_path):
     """Files that differ by 1e-3 to 1e-6 of each value (checkpoints of one run), with a few channels
     changed much (they take the logarithms) or zero in one file: the divergence to 1e-11 of the
     exact one, read a row at a time or in bigger blocks. The logarithms of 2p / (p + q) for all
@@ -410,7 +413,7 @@ def test_divergence_keeps_its_digits_for_nearly_equal_files(monkeypatch, block):
 
 
 @pytest.mark.parametrize("min_width", [8, 256])
-def test_divergence_of_files_far_apart(monkeypatch, min_width):
+def test_divergence_of_files_far_apart(monkeypatch, min_width, compare_path):
     """Most channels changed by more than 3x (they take the logarithms) or zero on one side, in rows of
     5000 channels or cut into rows of 8: the divergence to 1e-12 of the exact one, the cosine and the top
     channel as the per-tensor code has them."""
@@ -436,7 +439,7 @@ def test_divergence_of_files_far_apart(monkeypatch, min_width):
     assert (t.top_value_a, t.top_value_b) == pytest.approx((r.top_value_a, r.top_value_b), rel=1e-14, abs=0)
 
 
-def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path):
+def test_worker_processes_and_threads_give_the_same_diff(monkeypatch, tmp_path, compare_path):
     from imatui.stats import engine
 
     a, b = _random_pair(np.random.default_rng(7))
@@ -566,7 +569,7 @@ def test_copies_are_compared_once_and_near_copies_apart(monkeypatch):
                           equal_nan=True)
 
 
-def test_diff_without_a_writable_place_for_numbas_cache(tmp_path):
+def test_diff_without_a_writable_place_for_numbas_cache(tmp_path, monkeypatch):
     """Where numba finds nowhere to cache the compiled loops (a read-only install and no writable home:
     "no locator available", a RuntimeError when the module is imported), the diff compiles them in its
     process and prints the same numbers; no traceback."""
@@ -577,6 +580,8 @@ def test_diff_without_a_writable_place_for_numbas_cache(tmp_path):
     script = (
         "import sys, numba.core.caching as c\n"
         "c.CacheImpl._locator_classes = []  # as where no cache directory is writable\n"
+        "from imatui.stats import diff\n"
+        "diff.COMPILED_MIN_PAIRS = 0  # the compiled loops, small as the files are\n"
         "from imatui.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -584,9 +589,31 @@ def test_diff_without_a_writable_place_for_numbas_cache(tmp_path):
     run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
+    from imatui.stats import diff
+
+    monkeypatch.setattr(diff, "COMPILED_MIN_PAIRS", 0)
     want = compute_diff(load(fixtures / PROSE), load(fixtures / CODE))
     rows = {t["name"]: t for t in got["tensors"]}
     assert len(rows) == len(want.tensors) == 210
     for w in want.tensors:
         g = rows[w.name]
         assert (g["cossim"], g["js"], g["top_channel"]) == (w.cossim, w.js, w.top_channel)  # the same loops
+
+
+def test_a_small_diff_does_not_start_numba():
+    """numba's start (~0.7 s) costs more than its loops save on small files (a dense model's imatrix):
+    `imatui diff` of SmolLM2's files runs the compare pass in numpy and never imports numba."""
+    import subprocess
+    import sys
+
+    from imatui.stats import diff
+
+    fixtures = Path(__file__).parent / "fixtures"
+    a, b = load(fixtures / PROSE), load(fixtures / CODE)
+    assert not diff.worth_compiling(diff.compared_pairs(a, b))
+    script = ("import sys\nfrom imatui.cli import main\nrc = main(sys.argv[1:])\n"
+              "print('numba' in sys.modules, file=sys.stderr)\nsys.exit(rc)\n")
+    run = subprocess.run([sys.executable, "-c", script, "diff", str(fixtures / PROSE), str(fixtures / CODE),
+                          "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr.strip() == "False", run.stderr
+    assert len(json.loads(run.stdout)["tensors"]) == 210

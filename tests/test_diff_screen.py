@@ -457,11 +457,11 @@ async def test_file_rewritten_under_the_lazy_reader_is_said_in_the_detail_pane(t
 
 
 async def test_status_line_says_when_the_compare_loops_are_loading(monkeypatch):
-    """Before its first diff in a process the screen loads numba's compiled loops (~3 s after an install,
-    while they compile): the status line says so, and then the diff fills the table."""
+    """Before its first big diff in a process the screen loads numba's compiled loops (~3 s after an
+    install, while they compile): the status line says so, and then the diff fills the table."""
     import threading
 
-    from imatui.stats import compare
+    from imatui.stats import compare, diff
 
     release = threading.Event()
     real = compare.load
@@ -470,6 +470,7 @@ async def test_status_line_says_when_the_compare_loops_are_loading(monkeypatch):
         release.wait(30)
         real()
 
+    monkeypatch.setattr(diff, "COMPILED_MIN_PAIRS", 0)  # as for two big files: the compiled loops
     monkeypatch.setattr(compare, "loaded", lambda: False)
     monkeypatch.setattr(compare, "load", slow_load)
     app = _Host(PROSE, CODE)

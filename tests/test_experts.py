@@ -184,7 +184,7 @@ def test_diff_per_expert_values():
                         load(Path(__file__).parent / "fixtures" / "smollm2-code.imatrix.gguf")) == []
 
 
-def test_diff_engine_gives_the_per_expert_cosines(monkeypatch):
+def test_diff_engine_gives_the_per_expert_cosines(monkeypatch, compare_path):
     """`imatui diff` takes each expert's cosine from the diff engine's passes (DiffReport.expert_cos)
     instead of reading every expert tensor again: the same experts, values to 1e-13, on small blocks
     and in rows narrower than a matrix (a matrix's rows add up across them)."""

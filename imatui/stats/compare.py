@@ -23,16 +23,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# g(d) = ½ [(1 + d) ln(1 + d) + (1 - d) ln(1 - d)] = Σ_k≥1 d^2k / (2k (2k - 1)) = x h(x) with x = d² and
-# h(x) = Σ_k≥1 x^(k-1) / (2k (2k - 1)). For x ≤ SERIES_X (|d| ≤ 0.5: a channel's share changed by less
-# than a factor 3 = 1.5 / 0.5), h is the polynomial SERIES (coefficients of x^0 .. x^11): its values at
-# 400 Chebyshev nodes of [0, 0.25] fitted in the Chebyshev basis, near the best polynomial of its
-# degree. It is within 4.2e-16 of h there (tests/test_diff.py checks it against the series in long
-# double); the series itself would need 22 terms. Above, the logarithms.
-SERIES_X = 0.25
-SERIES = (0.4999999999999999, 0.08333333333338415, 0.033333333323064526, 0.01785714363574019,
-          0.011111081152825745, 0.0075764295607603505, 0.005485050595194626, 0.004253233214845328,
-          0.0027472769925674352, 0.004650904733177156, -0.0025776338199686626, 0.00749660936841451)
+from imatui.stats.compare_np import SERIES, SERIES_X
+
+# the divergence's polynomial h(x), x = d², for x ≤ SERIES_X (compare_np says how it was fitted)
 _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11 = SERIES
 _TINY = float(np.finfo(np.float64).tiny)  # p + q + tiny: channels zero in both files get d = 0 and add 0
 

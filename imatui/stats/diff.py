@@ -19,6 +19,7 @@ float32 chains, the comparison in float64; in worker processes for the CLI (`for
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
@@ -28,7 +29,7 @@ import numpy as np
 
 from imatui.errors import CorruptError
 from imatui.imatrix import Entry, Imatrix, split_name
-from imatui.stats import checks, engine
+from imatui.stats import checks, compare_np, engine
 from imatui.stats.batched import MeansT, sum_v
 from imatui.stats.engine import F32, BlockReader, Layout, scratch_array
 
@@ -192,13 +193,15 @@ class ColumnDiff:
 
 
 def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[], bool] | None,
-               scratch: dict | None = None, sub_elements: int | None = None) -> list[ColumnDiff]:
+               scratch: dict | None = None, sub_elements: int | None = None,
+               compiled: bool = False) -> list[ColumnDiff]:
     """Σ of each side (llama's, exact) with the checks of `imatui stats`; for tensors in both files the
     cosine, the Jensen–Shannon divergence and the channel whose share moved most (engine.run_all's job).
 
     Pass 1 reads both files' blocks side by side: Σ (float32 chains), the smallest mean (the
     negative check) and the float64 row sums that give Σa and Σb over the matrices live in both.
-    Pass 2 (pairs only) reads them again for p = a / Σa and q = b / Σb, in float64.
+    Pass 2 (pairs only) reads them again for p = a / Σa and q = b / Σb, in float64: in numba's compiled
+    loops with `compiled` (imatui.stats.compare), else in numpy (imatui.stats.compare_np).
     """
     if scratch is None:
         scratch = {}
@@ -235,7 +238,7 @@ def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[],
             return out
         copies = _copies(lays, readers, sums)
         if not copies:
-            _pass2(lays, readers, both, sums, out, scratch)
+            _pass2(lays, readers, both, sums, out, scratch, compiled)
             return out
         # pass 2 over the tensors that are not byte-for-byte copies of an earlier one in both files
         keep = [k for k in range(len(cols)) if k not in copies]
@@ -243,7 +246,7 @@ def diff_batch(cols: list[DiffColumn], path: str | None, cancelled: Callable[[],
         sub_readers = {s: stack.enter_context(BlockReader(sub_lays[s], [getattr(cols[k], s) for k in keep],
                                                           cancelled, scratch, "raw" + s)) for s in "ab"}
         sub_sums = {s: tuple(x[keep] for x in sums[s]) for s in "ab"}
-        _pass2(sub_lays, sub_readers, both[keep], sub_sums, [out[k] for k in keep], scratch)
+        _pass2(sub_lays, sub_readers, both[keep], sub_sums, [out[k] for k in keep], scratch, compiled)
         for k, first in copies.items():
             _copy_comparison(out[first], out[k])
     return out
@@ -310,13 +313,13 @@ def _pass1(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
 
 
 def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.ndarray,
-           sums: dict, out: list[ColumnDiff], scratch: dict) -> None:
+           sums: dict, out: list[ColumnDiff], scratch: dict, compiled: bool) -> None:
     """Cosine, Jensen–Shannon and the top channel of p = a / Σa and q = b / Σb over the matrices live
     in both (Σa, Σb over those too), in float64.
 
     JS = ½ Σ [p ln(p/m) + q ln(q/m)] with m = (p + q) / 2, each channel's term (p + q) g(d) with
     d = (q - p) / (p + q): a polynomial in d² where |d| ≤ 0.5, the logarithms above (imatui.stats.compare,
-    compiled loops over each read block).
+    compiled loops over each read block, or imatui.stats.compare_np).
     """
     la, lb = lays["a"], lays["b"]
     K, w, q_ = la.K, la.w, la.q
@@ -351,13 +354,18 @@ def _pass2(lays: dict[str, Layout], readers: dict[str, BlockReader], both: np.nd
     best = np.full(K, -1.0)  # the largest |q - p| so far: the first row live in both takes it
     best_i = np.zeros(K, np.int64)
     best_p, best_q = np.zeros(K), np.zeros(K)
-    pf, qf = (scratch_array(scratch, nm, (1, w), np.float64)[0] for nm in ("pf", "qf"))
-    from imatui.stats import compare
-
     ra, rb = readers["a"], readers["b"]
-    for (r0, r1, _), _ in zip(ra.blocks(), rb.blocks()):
-        compare.compare_block(ra.padded_buf, rb.padded_buf, (r1 - r0) * w, w, r0, scale["a"], scale["b"],
-                              js2, pq, pp, qq, best, best_i, best_p, best_q, pf, qf)
+    if compiled:
+        from imatui.stats import compare
+
+        pf, qf = (scratch_array(scratch, nm, (1, w), np.float64)[0] for nm in ("pf", "qf"))
+        for (r0, r1, _), _ in zip(ra.blocks(), rb.blocks()):
+            compare.compare_block(ra.padded_buf, rb.padded_buf, (r1 - r0) * w, w, r0, scale["a"], scale["b"],
+                                  js2, pq, pp, qq, best, best_i, best_p, best_q, pf, qf)
+    else:
+        for (r0, r1, raw_a), (_, _, raw_b) in zip(ra.blocks(), rb.blocks()):
+            compare_np.compare_block(raw_a, raw_b, r0, r1, w, scale["a"], scale["b"], both, js2, pq, pp, qq,
+                                     best, best_i, best_p, best_q, scratch)
     ra.check_stamps()
     rb.check_stamps()
     if la.n_mat > 1:  # each matrix's cosine: the sums of its q rows (nan where a side is all zero)
@@ -422,10 +430,13 @@ def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | 
     pb = None if b.path is None else str(b.path)
     names = sorted(set(a.entries) | set(b.entries))
     threads = engine.default_threads()
-    from imatui.stats import compare  # numba: imported when a diff is computed, not with the app
+    batches = _plan(a, b, names, threads)
+    compiled = worth_compiling(compared_pairs(a, b))
+    if compiled:
+        from imatui.stats import compare  # numba: imported when a big diff is computed, not with the app
 
-    compare.load()  # before the workers are forked: they share it
-    res = engine.run_all(diff_batch, _plan(a, b, names, threads), None, cancelled,
+        compare.load()  # before the workers are forked: they share it
+    res = engine.run_all(functools.partial(diff_batch, compiled=compiled), batches, None, cancelled,
                          _ticker(progress, len(names)), threads, fork)
     rows = [_row(name, a.entries.get(name), b.entries.get(name), res, pa, pb) for name in names]
 
@@ -450,6 +461,23 @@ def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | 
         only_b=[n for n in names if n not in a.entries],
         layers=layers, by_kind=by_kind, expert_cos=expert_cos,
     )
+
+
+# channel pairs from which the compare pass runs in numba's compiled loops: below, numba's start in a
+# process (~0.7 s: import, and its cached loops loaded) costs more than they save (~20 ns a pair, on
+# two cores). A dense model's imatrix has well under 1 M values, a DeepSeek-sized MoE file 250 M.
+COMPILED_MIN_PAIRS = 1 << 25
+
+
+def worth_compiling(pairs: int) -> bool:
+    """Whether a diff of this many channel pairs (values in both files) takes the compiled loops."""
+    return pairs >= COMPILED_MIN_PAIRS
+
+
+def compared_pairs(a: Imatrix, b: Imatrix) -> int:
+    """The channel pairs a diff of A and B compares: the values of the tensors in both, of one shape."""
+    return sum(ea.size for name, ea in a.entries.items()
+               if (eb := b.entries.get(name)) is not None and ea.shape == eb.shape)
 
 
 def _plan(a: Imatrix, b: Imatrix, names: list[str], threads: int) -> list[list[DiffColumn]]:

@@ -37,7 +37,8 @@ from imatui.diff_printers import (channel_label, expert_diff_line, fmt_num, fmt_
                                   header_lines, sort_rows)
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
-from imatui.stats.diff import ChannelPair, DiffReport, TensorDiff, channel_pair, compute_diff
+from imatui.stats.diff import (ChannelPair, DiffReport, TensorDiff, channel_pair, compared_pairs, compute_diff,
+                               worth_compiling)
 from imatui.stats.experts import TensorExpertDiff, diff_tensor_experts
 from imatui.tui.widgets.channel_plot import log_axis
 from imatui.tui.widgets.flags import MILD, STRONG, flag_style
@@ -602,7 +603,8 @@ class DiffScreen(Screen):
             b = load(self.b_path, chunk_size=self.chunk_size)
             step = max(1, (len(a) + len(b)) // 100)  # about a hundred progress messages at most
             compare = sys.modules.get("imatui.stats.compare")
-            if compare is None or not compare.loaded():  # numba's start, or its compile after an install
+            if worth_compiling(compared_pairs(a, b)) and (compare is None or not compare.loaded()):
+                # numba's start (~0.7 s), or its compile after an install (~3 s)
                 self.post_message(DiffStatus("loading the compare loops (the first diff after an install "
                                              "compiles them)…"))
                 from imatui.stats import compare
