@@ -464,9 +464,11 @@ def compute_diff(a: Imatrix, b: Imatrix, progress: Callable[[int, int], None] | 
 
 
 # channel pairs from which the compare pass runs in numba's compiled loops: below, numba's start in a
-# process (~0.7 s: import, and its cached loops loaded) costs more than they save (~20 ns a pair, on
-# two cores). A dense model's imatrix has well under 1 M values, a DeepSeek-sized MoE file 250 M.
-COMPILED_MIN_PAIRS = 1 << 25
+# process (~0.7 s: import, and its cached loops loaded) costs more than they save. Measured with the
+# first 10, 20 and 32 layers of benchmarks/bench_diff.py's calibration pair (30, 72 and 123 M pairs, 2
+# cores, `imatui diff --format json`, 4-5 interleaved runs): compiled / numpy 1.29x, 1.14x, 0.88x; the
+# whole pair (250 M) 0.76x. A dense model's imatrix has well under 1 M pairs.
+COMPILED_MIN_PAIRS = 100_000_000
 
 
 def worth_compiling(pairs: int) -> bool:
