@@ -184,12 +184,7 @@ def _run_diff(args: argparse.Namespace) -> int:
     from imatui.errors import FormatError
     from imatui.formats import load_pair
     from imatui.formats.detect import is_gguf_model
-    from imatui.stats.diff import worth_compiling
-
-    def compare_loops() -> None:  # numba's start (~0.7 s), while the headers are parsed in forked processes
-        from imatui.stats import compare
-
-        compare.load()
+    from imatui.stats.diff import load_compiled_loops, worth_compiling
 
     printed = args.format is not None
     try:  # a big diff (4 bytes a value in each file) takes numba's compiled loops: started meanwhile
@@ -198,7 +193,7 @@ def _run_diff(args: argparse.Namespace) -> int:
         big = False  # load_pair says why
     try:  # the two headers parsed side by side when the diff is printed (the app has threads)
         a, b = load_pair(args.a, args.b, chunk_size=args.chunk_size, fork=printed,
-                         meanwhile=compare_loops if printed and big and not is_gguf_model(args.a) else None)
+                         meanwhile=load_compiled_loops if printed and big and not is_gguf_model(args.a) else None)
     except FormatError as exc:
         if "GGUF model" not in str(exc):
             raise

@@ -9,7 +9,6 @@ the screen only lays them out.
 from __future__ import annotations
 
 import re
-import sys
 
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,8 +36,8 @@ from imatui.diff_printers import (channel_label, expert_diff_line, fmt_num, fmt_
                                   header_lines, sort_rows)
 from imatui.errors import ImatrixError, TruncatedError
 from imatui.imatrix import Imatrix
-from imatui.stats.diff import (ChannelPair, DiffReport, TensorDiff, channel_pair, compared_pairs, compute_diff,
-                               worth_compiling)
+from imatui.stats.diff import (ChannelPair, DiffReport, TensorDiff, channel_pair, compared_pairs,
+                               compiled_loops_loaded, compute_diff, load_compiled_loops, worth_compiling)
 from imatui.stats.experts import TensorExpertDiff, diff_tensor_experts
 from imatui.tui.widgets.channel_plot import log_axis
 from imatui.tui.widgets.flags import MILD, STRONG, flag_style
@@ -602,14 +601,11 @@ class DiffScreen(Screen):
             a = load(self.a_path, chunk_size=self.chunk_size)
             b = load(self.b_path, chunk_size=self.chunk_size)
             step = max(1, (len(a) + len(b)) // 100)  # about a hundred progress messages at most
-            compare = sys.modules.get("imatui.stats.compare")
-            if worth_compiling(compared_pairs(a, b)) and (compare is None or not compare.loaded()):
+            if worth_compiling(compared_pairs(a, b)) and not compiled_loops_loaded():
                 # numba's start (~0.7 s), or its compile after an install (~3 s)
                 self.post_message(DiffStatus("loading the compare loops (the first diff after an install "
                                              "compiles them)…"))
-                from imatui.stats import compare
-
-                compare.load()
+                load_compiled_loops()
 
             def progress(done: int, total: int) -> None:
                 if done % step == 0 or done == total:
